@@ -1,0 +1,890 @@
+"""Session: one real MQTT connection, driven by the shared network loop.
+
+A session owns a paho client, its outgoing queue and in-flight window, its
+subscriptions (restored after a reconnect without a session), and its counters.
+
+Threading: paho callbacks never take session locks; they append events to a deque,
+and whoever called into paho (the network thread, or a user thread that published)
+runs the events afterwards under the session lock. That keeps one lock order
+(session lock, then paho's mutexes) and lets a publishing thread write its own packet.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ._dispatch import Dispatcher
+from ._errors import (
+    AuthenticationError,
+    AuthorizationError,
+    BrokerConnectionError,
+    BrokerUnavailableError,
+    BufferFullError,
+    MQTTClientError,
+    MQTTTimeoutError,
+    NotConnectedError,
+    ProtocolNotSupportedError,
+    PublishTimeoutError,
+    SessionTakenOverError,
+)
+from ._io import NetworkLoop
+from ._options import ClientOptions
+from ._topics import matches
+from ._types import Message
+
+logger = logging.getLogger(__name__)
+
+MAX_WINDOW = 60_000
+"""Cap on QoS>0 messages in flight: message ids (1..65535) are never reused while outstanding."""
+QOS0_WINDOW = 1_000
+"""QoS 0 messages handed to paho but not yet written to the socket."""
+SESSION_EXPIRY = 86_400
+"""MQTT 5 session expiry (seconds) of a persistent session (clean_session=False)."""
+_AUTH_FAILURES = {134, 135, 140}  # bad user name or password, not authorized, bad auth method
+_PROTOCOL_REFUSED = {1, 132}  # unacceptable / unsupported protocol version
+_TAKEN_OVER = 142
+
+# Endpoints known to refuse MQTT 5, so later sessions start with 3.1.1 at once.
+_v311_only: set[tuple[str, int]] = set()
+
+Endpoint = tuple[str, int]
+EndpointResolver = Callable[[], Sequence[Endpoint]]
+MessageHandler = Callable[[Message], None]
+
+
+@dataclass(slots=True, frozen=True)
+class Will:
+    """The Last Will the broker publishes when the session ends without DISCONNECT."""
+
+    topic: str
+    payload: bytes = b""
+    qos: int = 0
+    retain: bool = False
+
+
+class Waiter:
+    """Completion of one or more publishes: counts down, keeps the first error."""
+
+    __slots__ = ("_event", "error", "errors", "remaining")
+
+    def __init__(self, count: int) -> None:
+        self._event = threading.Event()
+        self.remaining = count
+        self.error: BaseException | None = None
+        self.errors: dict[int, BaseException] = {}
+        if count == 0:
+            self._event.set()
+
+    def done(self, index: int, error: BaseException | None = None) -> None:
+        if error is not None:
+            self.errors[index] = error
+            self.error = self.error or error
+        self.remaining -= 1
+        if self.remaining <= 0:
+            self._event.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._event.wait(timeout)
+
+
+@dataclass(slots=True)
+class _Out:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    waiter: Waiter
+    index: int = 0
+    mid: int = 0
+
+
+@dataclass(slots=True)
+class Subscription:
+    """A filter this session holds, and where its messages go."""
+
+    topic_filter: str
+    qos: int
+    handler: MessageHandler | None
+    """Internal handler run on the network thread; None means the user callback below."""
+    callback: Callable[[str, bytes, int, bool, float], object] | None = None
+
+
+def passive_handler(message: Message) -> None:
+    """Handler of a subscription made only to read retained messages: a holder wins."""
+
+
+class _Request:
+    """A SUBSCRIBE or UNSUBSCRIBE waiting for its acknowledgement."""
+
+    __slots__ = ("codes", "error", "event", "subscriptions")
+
+    def __init__(self, subscriptions: list[Subscription] | None = None) -> None:
+        self.event = threading.Event()
+        self.codes: list[int] = []
+        self.error: BaseException | None = None
+        self.subscriptions = subscriptions
+
+
+class Session:
+    """One MQTT connection (see module docstring)."""
+
+    def __init__(self, *, client_id: str, options: ClientOptions, resolver: EndpointResolver,
+                 username: str | None = None, password: str | None = None,
+                 clean_session: bool = True, keep_alive: int | None = None,
+                 will: Will | None = None, strip_topic: Callable[[str], str] = str,
+                 loop: NetworkLoop | None = None, dispatcher: Dispatcher | None = None) -> None:
+        self.client_id = client_id
+        self.options = options
+        self.clean_session = clean_session
+        self.keep_alive = keep_alive or options.keep_alive
+        self.will = will
+        self._resolver = resolver
+        self._username = username if username is not None else options.username
+        self._password = password if password is not None else options.password
+        self._strip = strip_topic
+        self._loop = loop or NetworkLoop.shared()
+        self._dispatcher = dispatcher or Dispatcher.shared()
+        self._lock = threading.RLock()
+        self._room = threading.Condition(self._lock)
+        self._io_lock = threading.RLock()
+        self._events: collections.deque[Callable[[], None]] = collections.deque()
+        self._draining = False
+        self._pumping = False
+        self._client: paho.Client | None = None
+        self.protocol: int = paho.MQTTv5
+        self.endpoint: Endpoint | None = None
+        self.connected = False
+        self.connected_at: float | None = None
+        self.session_present = False
+        self.closing = False
+        self.closed = False
+        self.stopped_reason: MQTTClientError | None = None
+        self._connack = threading.Event()
+        self._connect_error: BaseException | None = None
+        self._ever_connected = False
+        self._backoff = options.reconnect_min_delay
+        self._short_lived = 0
+        self._window = MAX_WINDOW
+        self._inflight = 0
+        self._inflight_qos2 = 0
+        self._qos0_unwritten = 0
+        self._outgoing: collections.deque[_Out] = collections.deque()
+        self._by_mid: dict[int, _Out] = {}
+        self._requests: dict[int, _Request] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        self.taps: list[tuple[list[str], MessageHandler]] = []
+        """Temporary observers of matching messages (retained reads)."""
+        self.qos2_supported: bool | None = None
+        self.messages_sent = 0
+        self.messages_received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.messages_dropped = 0
+        self.publish_errors = 0
+        self.reconnects = 0
+        self.on_sent: Callable[[str, int], None] | None = None
+        """Called (network or publishing thread, under the session lock) per delivered message."""
+        self.on_received: Callable[[str, int], None] | None = None
+        self.on_state: Callable[[Session], None] | None = None
+        """Called after the session connects or goes down (off the network thread)."""
+        self.inbox: collections.deque[Message] = collections.deque(
+            maxlen=options.max_pending_callbacks)
+        self._inbox_ready = threading.Condition(threading.Lock())
+
+    # == connecting ======================================================================
+    def open(self) -> None:
+        """Connect for the first time; raise a typed error naming host and port on failure."""
+        deadline = time.monotonic() + self.options.connect_timeout
+        last: BaseException | None = None
+        endpoints = list(self._resolver())
+        for host, port in endpoints:
+            protocols = self._protocols(host, port)
+            for protocol in protocols:
+                try:
+                    self._connect_once(host, port, protocol, deadline)
+                    return
+                except _ProtocolRefused as exc:
+                    last = exc
+                    _v311_only.add((host, port))
+                    continue
+                except (AuthenticationError, BrokerUnavailableError) as exc:
+                    last = exc
+                    if isinstance(exc, AuthenticationError):
+                        raise
+                    break
+        host, port = endpoints[-1] if endpoints else ("?", 0)
+        if isinstance(last, BrokerUnavailableError):
+            raise last
+        raise BrokerUnavailableError(f"cannot connect to the MQTT broker at {host}:{port}: {last}",
+                                     host=host, port=port)
+
+    def _protocols(self, host: str, port: int) -> list[int]:
+        if self.options.protocol == "3.1.1" or (host, port) in _v311_only:
+            return [paho.MQTTv311]
+        if self.options.protocol == "5":
+            return [paho.MQTTv5]
+        return [paho.MQTTv5, paho.MQTTv311]
+
+    def _new_client(self, protocol: int) -> paho.Client:
+        v5 = protocol == paho.MQTTv5
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=None if v5 else self.clean_session,
+                             protocol=MQTTProtocolVersion(protocol),
+                             reconnect_on_failure=False)
+        client.max_inflight_messages_set(0)  # we window ourselves; paho's scan is quadratic
+        client.max_queued_messages_set(0)
+        client.connect_timeout = self.options.connect_timeout
+        client.suppress_exceptions = True
+        if self._username is not None:
+            client.username_pw_set(self._username, self._password)
+        if self.options.tls is not None:
+            client.tls_set_context(self.options.tls.ssl_context())
+        if self.will is not None:
+            client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_suback
+        client.on_unsubscribe = self._on_unsuback
+        client.on_message = self._on_message
+        return client
+
+    def _connect_args(self) -> dict[str, Any]:
+        if self.protocol != paho.MQTTv5:
+            return {}
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 0 if self.clean_session else SESSION_EXPIRY
+        return {"clean_start": self.clean_session, "properties": properties}
+
+    def _connect_once(self, host: str, port: int, protocol: int, deadline: float) -> None:
+        self.protocol = protocol
+        self.endpoint = (host, port)
+        self._connack.clear()
+        self._connect_error = None
+        client = self._client = self._new_client(protocol)
+        client.connect_timeout = max(deadline - time.monotonic(), 0.05)
+        self._loop.add_pollable(self)
+        try:
+            with self._io_lock:
+                client.connect(host, port, self.keep_alive, **self._connect_args())
+        except OSError as exc:
+            self._loop.remove_pollable(self)
+            raise BrokerUnavailableError(
+                f"cannot connect to the MQTT broker at {host}:{port}: {exc}; check that the "
+                "broker runs and that host and port are right", host=host, port=port) from exc
+        self._drain()
+        if not self._connack.wait(max(deadline - time.monotonic(), 0)):
+            self._abandon(client)
+            raise BrokerUnavailableError(
+                f"the MQTT broker at {host}:{port} did not answer CONNECT within "
+                f"{self.options.connect_timeout:g} s", host=host, port=port)
+        if self._connect_error is not None:
+            self._abandon(client)
+            raise self._connect_error
+
+    def _abandon(self, client: paho.Client) -> None:
+        self._loop.remove_pollable(self)
+        with self._io_lock:
+            client._sock_close()  # no DISCONNECT: the connection never got going
+
+    def _schedule_reconnect(self) -> None:
+        delay = self._backoff * random.uniform(0.5, 1.0)  # jitter spreads reconnect storms
+        self._backoff = min(self._backoff * 2, self.options.reconnect_max_delay)
+        logger.info("session %s: reconnecting in %.2f s", self.client_id, delay)
+        self._loop.call_later(delay, lambda: self._loop.run_blocking(self._reconnect))
+
+    def _reconnect(self) -> None:
+        if self.closing or self.connected or self._client is None:
+            return
+        self.reconnects += 1
+        for host, port in self._resolver():
+            client = self._client
+            try:
+                with self._io_lock:
+                    if self.endpoint != (host, port):
+                        client.connect_async(host, port, self.keep_alive, **self._connect_args())
+                        self.endpoint = (host, port)
+                    client.reconnect()
+                self._drain()
+                return
+            except OSError as exc:
+                logger.info("session %s: reconnect to %s:%d failed: %s",
+                            self.client_id, host, port, exc)
+        with self._lock:
+            if not self.closing:
+                self._schedule_reconnect()
+
+    # == paho hooks: no locks of ours in here ============================================
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # Small packets back to back (SUBSCRIBE + marker) must not wait for delayed ACKs;
+        # a socket that is not TCP (unix, websocket wrapper) has no such option.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._loop.register(sock, self)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._loop.unregister(sock)
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if not self._loop.in_loop_thread() and self._io_lock.acquire(blocking=False):
+            try:
+                client.loop_write()  # write from the publishing thread: no hand-off
+            finally:
+                self._io_lock.release()
+            if not client.want_write():
+                return
+        self._loop.want_write(sock)
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags,
+                    reason: ReasonCode, properties: Properties | None) -> None:
+        self._events.append(lambda: self._handle_connack(flags, reason, properties))
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: paho.DisconnectFlags,
+                       reason: ReasonCode, properties: Properties | None) -> None:
+        self._events.append(lambda: self._handle_disconnect(client, reason))
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        self._events.append(lambda: self._handle_puback(mid, reason.value))
+
+    def _on_suback(self, client: paho.Client, userdata: Any, mid: int,
+                   reasons: list[ReasonCode], properties: Properties | None) -> None:
+        codes = [r.value for r in reasons]
+        self._events.append(lambda: self._handle_ack(mid, codes))
+
+    _on_unsuback = _on_suback
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._events.append(lambda: self._handle_message(msg))
+
+    # == network loop side ===============================================================
+    def handle_readable(self) -> None:
+        client = self._client
+        if client is None or not self._io_lock.acquire(blocking=False):
+            return
+        try:
+            client.loop_read()
+            sock = client.socket()
+            while sock is not None and getattr(sock, "pending", lambda: 0)():
+                client.loop_read()  # TLS may hold decrypted bytes the selector cannot see
+                sock = client.socket()
+            if client.want_write():
+                client.loop_write()
+        finally:
+            self._io_lock.release()
+        self._after_io(client)
+
+    def handle_writable(self) -> None:
+        client = self._client
+        if client is None or not self._io_lock.acquire(blocking=False):
+            return
+        try:
+            client.loop_write()
+        finally:
+            self._io_lock.release()
+        self._after_io(client)
+
+    def handle_misc(self) -> None:
+        client = self._client
+        if client is None or not self._io_lock.acquire(blocking=False):
+            return
+        try:
+            client.loop_misc()
+        finally:
+            self._io_lock.release()
+        self._after_io(client)
+
+    def _after_io(self, client: paho.Client) -> None:
+        """Run the events the I/O produced and flush what they queued (network thread)."""
+        self._drain()
+        if client.want_write() and self._io_lock.acquire(blocking=False):
+            try:
+                client.loop_write()  # acks and pumped publishes go out in this same pass
+            finally:
+                self._io_lock.release()
+            self._drain()
+        sock = client.socket()
+        if sock is not None:
+            if client.want_write():
+                self._loop.want_write(sock)
+            else:
+                self._loop.stop_writing(sock)
+
+    def _drain(self) -> None:
+        if self._events:
+            with self._lock:
+                self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        if self._draining:
+            return  # the outer frame keeps draining; nesting would recurse per message
+        self._draining = True
+        try:
+            events = self._events
+            while events:
+                try:
+                    events.popleft()()
+                except Exception:  # one bad packet must not stall the events behind it
+                    logger.exception("session %s: event handler failed", self.client_id)
+        finally:
+            self._draining = False
+
+    # == event handlers (session lock held) ==============================================
+    def _handle_connack(self, flags: paho.ConnectFlags, reason: ReasonCode,
+                        properties: Properties | None) -> None:
+        code = reason.value
+        if code != 0:
+            if not self._ever_connected:
+                self._connect_error = self._connack_error(code, str(reason))
+                self._connack.set()
+            else:
+                logger.warning("session %s: broker refused reconnect: %s", self.client_id, reason)
+                if code in _AUTH_FAILURES:
+                    self._stop(AuthenticationError(f"broker refused the credentials: {reason}",
+                                                   reason_code=code))
+            return
+        self.connected = True
+        self.connected_at = time.time()
+        self.session_present = bool(flags.session_present)
+        first = not self._ever_connected
+        self._ever_connected = True
+        receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
+        self._window = min(int(receive_max), MAX_WINDOW) if receive_max else MAX_WINDOW
+        if not first and not self.session_present and self.subscriptions:
+            self._resubscribe()
+        self._connack.set()
+        self._pump()
+        self._room.notify_all()
+        if not first:
+            logger.info("session %s: reconnected to %s:%d", self.client_id, *self.endpoint or ())
+        self._notify_state()
+
+    def _connack_error(self, code: int, text: str) -> BaseException:
+        host, port = self.endpoint or ("?", 0)
+        if code in _AUTH_FAILURES:
+            return AuthenticationError(
+                f"the MQTT broker at {host}:{port} refused the connection: {text}; check the "
+                "username and password (options username/password or MQTT_USER/MQTT_PASSWORD)",
+                reason_code=code)
+        if code in _PROTOCOL_REFUSED and self.protocol == paho.MQTTv5 \
+                and self.options.protocol == "auto":
+            return _ProtocolRefused(text)
+        return BrokerConnectionError(f"the MQTT broker at {host}:{port} refused the "
+                                     f"connection: {text}", host=host, port=port)
+
+    def _handle_disconnect(self, client: paho.Client, reason: ReasonCode) -> None:
+        if client is not self._client:
+            return
+        was_connected = self.connected
+        self.connected = False
+        lived = time.time() - (self.connected_at or 0)
+        if not self._connack.is_set():  # closed before CONNACK: some brokers refuse v5 so
+            refused_v5 = self.protocol == paho.MQTTv5 and self.options.protocol == "auto"
+            self._connect_error = (_ProtocolRefused("closed without CONNACK") if refused_v5
+                                   else BrokerUnavailableError(
+                                       "connection closed before CONNACK",
+                                       host=(self.endpoint or ("?", 0))[0],
+                                       port=(self.endpoint or ("?", 0))[1]))
+            self._connack.set()
+            if not self._ever_connected:
+                return
+        self._fail_unsent(NotConnectedError("the connection was lost before the message was "
+                                            "written; QoS 0 messages are never queued"))
+        for request in self._requests.values():
+            request.error = NotConnectedError("the connection was lost before the broker "
+                                              "answered")
+            request.event.set()
+        self._requests.clear()
+        self._room.notify_all()
+        if self.closing:
+            return
+        if reason.value == _TAKEN_OVER or self._looks_taken_over(was_connected, lived):
+            self._stop(SessionTakenOverError(
+                f"another client connected with client_id {self.client_id!r}; this session "
+                "stopped reconnecting to avoid a takeover loop: use a unique client_id",
+                host=(self.endpoint or ("?", 0))[0], port=(self.endpoint or ("?", 0))[1]))
+            return
+        if was_connected:
+            logger.warning("session %s: connection lost (%s)", self.client_id, reason)
+            if lived > 10:
+                self._backoff = self.options.reconnect_min_delay
+        self._notify_state()
+        self._schedule_reconnect()
+
+    def _looks_taken_over(self, was_connected: bool, lived: float) -> bool:
+        """Under MQTT 3.1.1 a takeover is a bare close; three quick ones in a row are a clash."""
+        if self.protocol == paho.MQTTv5 or not was_connected:
+            return False
+        self._short_lived = self._short_lived + 1 if lived < 5 else 0
+        return self._short_lived >= 3
+
+    def _stop(self, reason: MQTTClientError) -> None:
+        logger.error("session %s stopped: %s", self.client_id, reason)
+        self.stopped_reason = reason
+        self.closing = True
+        self.connected = False
+        self._fail_all(reason)
+        self._notify_state()
+
+    def _handle_puback(self, mid: int, code: int) -> None:
+        out = self._by_mid.pop(mid, None)
+        if out is None:
+            return
+        if out.qos == 0:
+            self._qos0_unwritten -= 1
+        else:
+            self._inflight -= 1
+            if out.qos == 2:
+                self._inflight_qos2 -= 1
+        if code >= 0x80:
+            self.publish_errors += 1
+            out.waiter.done(out.index, AuthorizationError(
+                f"the broker refused the publish to {self._strip(out.topic)!r} "
+                f"(reason code {code:#x})", topic=self._strip(out.topic), reason_code=code))
+        else:
+            self.messages_sent += 1
+            self.bytes_sent += len(out.payload)
+            if self.on_sent is not None:
+                self.on_sent(out.topic, len(out.payload))
+            out.waiter.done(out.index)
+        self._pump()
+        self._room.notify_all()
+
+    def _handle_ack(self, mid: int, codes: list[int]) -> None:
+        request = self._requests.pop(mid, None)
+        if request is None:
+            return
+        request.codes = codes
+        for sub, code in zip(request.subscriptions or [], codes, strict=False):
+            if code < 0x80:
+                held = self.subscriptions.get(sub.topic_filter)
+                if held is not None and sub.handler is passive_handler:
+                    held.qos = code  # a re-subscribe to read retained: keep the holder
+                else:
+                    sub.qos = code
+                    self.subscriptions[sub.topic_filter] = sub
+        request.event.set()
+
+    def _handle_message(self, msg: paho.MQTTMessage) -> None:
+        topic = msg.topic
+        now = time.time()
+        self.messages_received += 1
+        self.bytes_received += len(msg.payload)
+        if self.on_received is not None:
+            self.on_received(topic, len(msg.payload))
+        message = Message(self._strip(topic), bytes(msg.payload), msg.qos, bool(msg.retain), now)
+        for filters, handler in self.taps:
+            if any(matches(f, topic) for f in filters):
+                handler(message)
+        for sub in self.subscriptions.values():
+            if not matches(sub.topic_filter, topic):
+                continue
+            if sub.handler is not None:
+                sub.handler(message)
+            elif sub.callback is not None:
+                job = functools.partial(sub.callback, message.topic, message.payload,
+                                        message.qos, message.retained, message.timestamp)
+                if not self._dispatcher.submit(job, self, self.options.max_pending_callbacks):
+                    self.messages_dropped += 1
+            else:
+                self._deliver_to_inbox(message)
+
+    def _deliver_to_inbox(self, message: Message) -> None:
+        with self._inbox_ready:
+            if len(self.inbox) == self.inbox.maxlen:
+                self.messages_dropped += 1  # the deque drops the oldest
+            self.inbox.append(message)
+            self._inbox_ready.notify()
+
+    def _notify_state(self) -> None:
+        callback = self.on_state
+        if callback is not None:
+            self._dispatcher.submit(lambda: callback(self), ("state", self), 1_000)
+
+    # == publishing ======================================================================
+    def publish(self, items: Iterable[tuple[str, bytes, int, bool]],
+                timeout: float | None = None,
+                raise_errors: bool = True) -> tuple[Waiter, list[_Out]]:
+        """Queue messages in order and return their waiter; blocks only while the buffer is full.
+
+        QoS 0 while down raises NotConnectedError; the outgoing bound raises
+        BufferFullError after ``timeout`` seconds without room. Messages accepted before
+        an error stay queued; with ``raise_errors=False`` the error is recorded on the
+        waiter for each message not accepted instead of raised.
+        """
+        batch = list(items)
+        waiter = Waiter(len(batch))
+        outs = [_Out(topic, payload, qos, retain, waiter, index)
+                for index, (topic, payload, qos, retain) in enumerate(batch)]
+        limit = self.options.max_buffered_messages
+        deadline = time.monotonic() + (self.options.publish_timeout if timeout is None
+                                       else timeout)
+        with self._lock:
+            for position, out in enumerate(outs):
+                try:
+                    self._accept(out, deadline, limit)
+                except MQTTClientError as exc:
+                    for rest in outs[position:]:
+                        waiter.done(rest.index, exc)
+                    if raise_errors:
+                        raise
+                    break
+        return waiter, outs
+
+    def _accept(self, out: _Out, deadline: float, limit: int) -> None:
+        """Queue one message (lock held), waiting for room in the outgoing buffer."""
+        self._check_usable()
+        if out.qos == 0 and not self.connected:
+            raise NotConnectedError(
+                f"session {self.client_id!r} is not connected; QoS 0 messages are "
+                "never queued (use QoS 1 or 2 to have them sent after a reconnect)",
+                host=(self.endpoint or ("?", 0))[0], port=(self.endpoint or ("?", 0))[1])
+        if out.qos == 2 and self.qos2_supported is False:
+            raise ProtocolNotSupportedError(
+                "this broker does not support QoS 2; publish with qos=1, or pass "
+                "downgrade_qos2=True to MQTTClient to downgrade automatically")
+        while len(self._outgoing) + self._inflight >= limit:
+            if not self._room.wait(max(deadline - time.monotonic(), 0)):
+                raise BufferFullError(
+                    f"session {self.client_id!r} has {limit} unacknowledged messages "
+                    "(max_buffered_messages); wait for the broker or raise the bound")
+            self._check_usable()
+        self._outgoing.append(out)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand queued messages to paho while the in-flight windows allow (lock held)."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            self._pump_locked()
+        finally:
+            self._pumping = False
+
+    def _pump_locked(self) -> None:
+        outgoing = self._outgoing
+        client = self._client
+        while outgoing and self.connected and client is not None:
+            out = outgoing[0]
+            if out.qos == 0:
+                if self._qos0_unwritten >= QOS0_WINDOW:
+                    return
+            elif self._inflight >= self._window or (
+                    out.qos == 2 and self.protocol != paho.MQTTv5
+                    and self._inflight_qos2 >= self.options.max_inflight_qos2):
+                return
+            outgoing.popleft()
+            info = client.publish(out.topic, out.payload, out.qos, out.retain)
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) or \
+                    (out.qos == 0 and info.rc == paho.MQTT_ERR_NO_CONN):
+                out.waiter.done(out.index, NotConnectedError(
+                    f"publish to {self._strip(out.topic)!r} failed: {paho.error_string(info.rc)}"))
+                continue
+            out.mid = info.mid
+            self._by_mid[info.mid] = out
+            if out.qos == 0:
+                self._qos0_unwritten += 1
+            else:
+                self._inflight += 1
+                if out.qos == 2:
+                    self._inflight_qos2 += 1
+            self._drain_locked()  # acks of inline writes (QoS 0 is "acked" once written)
+
+    def wait_published(self, waiter: Waiter, outs: list[_Out], timeout: float | None,
+                       raise_first: bool = True) -> None:
+        """Wait for ``waiter`` while acknowledgements keep coming; raise its first error.
+
+        PublishTimeoutError when no acknowledgement came for ``timeout`` seconds.
+        """
+        wait = self.options.publish_timeout if timeout is None else timeout
+        left = waiter.remaining
+        while not waiter.wait(wait):
+            if waiter.remaining < left:
+                left = waiter.remaining
+                continue
+            raise PublishTimeoutError(
+                f"{waiter.remaining} message(s) not acknowledged within {wait:g} s; they stay "
+                "queued and will still be sent when the session is back (unless it is "
+                "disconnected)")
+        if raise_first and waiter.error is not None:
+            raise waiter.error
+
+    def outstanding(self) -> int:
+        """QoS>0 messages accepted but not yet acknowledged, and QoS 0 not yet written."""
+        with self._lock:
+            return len(self._outgoing) + len(self._by_mid)
+
+    def _fail_unsent(self, error: BaseException) -> None:
+        """Fail QoS 0 messages not yet written (paho forgets them on reconnect)."""
+        for mid in [mid for mid, out in self._by_mid.items() if out.qos == 0]:
+            out = self._by_mid.pop(mid)
+            self._qos0_unwritten -= 1
+            out.waiter.done(out.index, error)
+        keep = collections.deque(o for o in self._outgoing if o.qos > 0)
+        for out in self._outgoing:
+            if out.qos == 0:
+                out.waiter.done(out.index, error)
+        self._outgoing = keep
+        self._qos0_unwritten = 0
+        self._inflight = len(self._by_mid)  # paho resends these after the reconnect
+        self._inflight_qos2 = sum(1 for o in self._by_mid.values() if o.qos == 2)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for out in list(self._by_mid.values()) + list(self._outgoing):
+            out.waiter.done(out.index, error)
+        self._by_mid.clear()
+        self._outgoing.clear()
+        self._inflight = self._inflight_qos2 = self._qos0_unwritten = 0
+        for request in self._requests.values():
+            request.error = error
+            request.event.set()
+        self._requests.clear()
+        self._room.notify_all()
+
+    def _check_usable(self) -> None:
+        if self.stopped_reason is not None:
+            raise self.stopped_reason
+        if self.closing:
+            raise NotConnectedError(f"session {self.client_id!r} is closed")
+
+    # == subscriptions ===================================================================
+    def subscribe(self, subscriptions: list[Subscription], *, wait: bool = True,
+                  timeout: float | None = None) -> _Request:
+        """Send one SUBSCRIBE; with ``wait``, return after SUBACK (raise on refusal)."""
+        with self._lock:
+            self._check_usable()
+            client = self._require_connected()
+            if self.protocol == paho.MQTTv5:
+                rc, mid = client.subscribe([(s.topic_filter, SubscribeOptions(qos=s.qos))
+                                            for s in subscriptions])
+            else:
+                rc, mid = client.subscribe([(s.topic_filter, s.qos) for s in subscriptions])
+            if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+                raise NotConnectedError(f"subscribe failed: {paho.error_string(rc)}")
+            request = self._requests[mid] = _Request(subscriptions)
+            self._drain_locked()
+        if wait:
+            self._await(request, "SUBACK", timeout)
+            self.check_subscribed(request)
+        return request
+
+    def check_subscribed(self, request: _Request) -> None:
+        """Raise AuthorizationError when the broker refused a filter of ``request``."""
+        if request.error is not None:
+            raise request.error
+        subs = request.subscriptions or []
+        refused = [s.topic_filter for s, c in zip(subs, request.codes, strict=False) if c >= 0x80]
+        if refused:
+            code = max(request.codes)
+            raise AuthorizationError(f"the broker refused the subscription to {refused} "
+                                     f"(reason code {code:#x})", topic=refused[0],
+                                     reason_code=code)
+
+    def unsubscribe(self, topic_filters: list[str], timeout: float | None = None) -> int:
+        """Remove the filters this session holds; return how many it held."""
+        with self._lock:
+            self._check_usable()
+            held = [f for f in topic_filters if f in self.subscriptions]
+            if not held:
+                return 0
+            for f in held:
+                del self.subscriptions[f]
+            if not self.connected:
+                return len(held)  # not restored on reconnect; a persistent session forgets later
+            client = self._require_connected()
+            rc, mid = client.unsubscribe(held)
+            if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+                return len(held)
+            request = self._requests[mid] = _Request()
+            self._drain_locked()
+        self._await(request, "UNSUBACK", timeout)
+        return len(held)
+
+    def _resubscribe(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        subs = list(self.subscriptions.values())
+        if self.protocol == paho.MQTTv5:
+            client.subscribe([(s.topic_filter, SubscribeOptions(qos=s.qos)) for s in subs])
+        else:
+            client.subscribe([(s.topic_filter, s.qos) for s in subs])
+        logger.info("session %s: restored %d subscription(s)", self.client_id, len(subs))
+
+    def _await(self, request: _Request, what: str, timeout: float | None) -> None:
+        wait = self.options.request_timeout if timeout is None else timeout
+        if not request.event.wait(wait):
+            raise MQTTTimeoutError(f"the broker did not send {what} within {wait:g} s")
+        if request.error is not None:
+            raise request.error
+
+    def _require_connected(self) -> paho.Client:
+        if not self.connected or self._client is None:
+            host, port = self.endpoint or ("?", 0)
+            raise NotConnectedError(f"session {self.client_id!r} is not connected to "
+                                    f"{host}:{port}; it is reconnecting", host=host, port=port)
+        return self._client
+
+    def receive(self, timeout: float | None) -> Message | None:
+        """The next message of a subscription without callback, or None after ``timeout``."""
+        with self._inbox_ready:
+            if not self._inbox_ready.wait_for(lambda: bool(self.inbox), timeout):
+                return None
+            return self.inbox.popleft()
+
+    # == closing =========================================================================
+    def close(self, timeout: float) -> None:
+        """Wait (bounded) for acknowledgements, send DISCONNECT and stop reconnecting."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self.closed:
+                return
+            while (self._outgoing or self._by_mid) and self.connected:
+                if not self._room.wait(max(deadline - time.monotonic(), 0)):
+                    logger.warning("session %s: closing with %d unacknowledged message(s)",
+                                   self.client_id, len(self._outgoing) + len(self._by_mid))
+                    break
+            self.closing = True
+            client = self._client
+            was_connected = self.connected
+        if client is not None:
+            if was_connected:
+                client.disconnect()
+                self._drain()
+                # DISCONNECT is written inline or by the loop; give it a moment to leave
+                end = min(deadline, time.monotonic() + 1.0)
+                while client.want_write() and time.monotonic() < end:
+                    time.sleep(0.005)
+            with self._io_lock:
+                client._sock_close()
+        self._loop.remove_pollable(self)
+        with self._lock:
+            self.connected = False
+            self.closed = True
+            self._fail_all(NotConnectedError(f"session {self.client_id!r} was disconnected"))
+        self._dispatcher.wait_idle(self, min(max(deadline - time.monotonic(), 0.1), 2.0))
+
+
+class _ProtocolRefused(MQTTClientError):
+    """The broker refused MQTT 5; retry with 3.1.1."""

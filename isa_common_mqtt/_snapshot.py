@@ -1,0 +1,94 @@
+"""Knowing when the broker has sent every retained message of a subscription.
+
+MQTT has no "end of retained messages" signal. Measured on Mosquitto 2.0: SUBACK always
+precedes the retained messages, and a marker that the same connection publishes (after
+the SUBSCRIBE) to a topic it is subscribed to arrives after all of them, provided the
+marker's QoS is at least the subscription's. So a read subscribes at QoS 1, publishes a
+unique QoS 1 marker to the session's own marker topic, and everything retained that
+arrived before the marker is the complete answer. No fixed sleeps.
+
+When the broker drops part of a large snapshot (Mosquitto's ``max_queued_messages``),
+the marker is dropped too, and the read fails loudly instead of returning a partial set.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+
+from ._errors import RegistrySyncError
+from ._session import MessageHandler, Session, Subscription, passive_handler
+from ._types import Message
+
+SYNC_QOS = 1
+
+
+class MarkerChannel:
+    """The marker topic of one session and the reads waiting on it."""
+
+    def __init__(self, session: Session, marker_topic: str) -> None:
+        self.session = session
+        self.marker_topic = marker_topic
+        self._waiting: dict[bytes, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._subscribed = False
+
+    def _on_marker(self, message: Message) -> None:
+        event = self._waiting.get(message.payload)
+        if event is not None:
+            event.set()
+
+    def _ensure_subscribed(self, timeout: float) -> None:
+        with self._lock:
+            if self.marker_topic not in self.session.subscriptions:
+                self.session.subscribe([Subscription(self.marker_topic, SYNC_QOS, self._on_marker)],
+                                       timeout=timeout)
+
+    def sync(self, filters: Iterable[str], handler: MessageHandler, *, keep: bool,
+             timeout: float, what: str = "retained messages") -> None:
+        """Subscribe ``filters`` with ``handler`` and return once their retained set arrived.
+
+        With ``keep`` the subscriptions stay for live updates; otherwise they are removed
+        (filters the session already held are left alone).
+        """
+        self._ensure_subscribed(timeout)
+        session = self.session
+        wanted = list(filters)
+        new = [f for f in wanted if f not in session.subscriptions]
+        token = os.urandom(16)
+        event = self._waiting[token] = threading.Event()
+        tap = (wanted, handler)
+        if not keep:
+            session.taps.append(tap)
+        try:
+            subs = [Subscription(f, SYNC_QOS, handler if keep else passive_handler) for f in wanted]
+            request = session.subscribe(subs, wait=False)
+            waiter, outs = session.publish([(self.marker_topic, token, SYNC_QOS, False)])
+            if not event.wait(timeout):
+                if request.error is not None:
+                    raise request.error
+                raise RegistrySyncError(
+                    f"the broker did not deliver all {what} of {wanted} within {timeout:g} s: "
+                    "it most likely dropped part of the snapshot. On Mosquitto raise "
+                    "max_queued_messages (default 1000; e.g. max_queued_messages 1000000) "
+                    "in mosquitto.conf")
+            session.wait_published(waiter, outs, timeout)
+            session.check_subscribed(request)
+        finally:
+            if not keep:
+                session.taps.remove(tap)
+            self._waiting.pop(token, None)
+            if not keep and new:
+                session.unsubscribe(new, timeout=timeout)
+
+    def read_retained(self, topic_filter: str, timeout: float) -> dict[str, Message]:
+        """The retained messages under ``topic_filter``, by broker topic."""
+        found: dict[str, Message] = {}
+
+        def collect(message: Message) -> None:
+            if message.retained:
+                found[message.topic] = message
+
+        self.sync([topic_filter], collect, keep=False, timeout=timeout)
+        return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import ssl
 from collections.abc import Mapping
@@ -103,10 +104,12 @@ class ClientOptions:
 
     def _validate(self) -> None:
         for name in ("keep_alive", "connect_timeout", "publish_timeout", "request_timeout",
-                     "max_buffered_messages", "max_pending_callbacks", "max_inflight_qos2",
-                     "reconnect_min_delay", "reconnect_max_delay", "metrics_flush_interval"):
+                     "close_timeout", "max_buffered_messages", "max_pending_callbacks",
+                     "max_inflight_qos2", "reconnect_min_delay", "reconnect_max_delay",
+                     "metrics_flush_interval"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) \
+                    or not 0 < value < math.inf:
                 raise InvalidArgumentError(
                     f"option {name} must be a positive number, not {value!r}")
         if self.protocol not in ("auto", "5", "3.1.1"):

@@ -41,13 +41,17 @@ KINDS = ("device", "status", "metrics", "client", "topics")
 
 
 def check_path_part(value: object, what: str = "device_id") -> str:
-    """A registry path part: non-empty str, no ``/ + # $`` or NUL, at most 128 UTF-8 bytes."""
+    """A registry path part: non-empty str without ``/ + #``, NUL or control characters,
+    not starting with ``$`` (reserved for broker topics), at most 128 UTF-8 bytes."""
     if not isinstance(value, str) or not value:
         raise InvalidDeviceIdError(f"{what} must be a non-empty str, not {value!r}")
-    bad = sorted({c for c in value if c in "/+#\x00" or ord(c) < 32})
+    bad = sorted({c for c in value if c in "/+#" or ord(c) < 32 or 0x7F <= ord(c) <= 0x9F})
     if bad:
         raise InvalidDeviceIdError(f"{what} {value!r} contains {bad!r}; '/', '+', '#', NUL "
                                    "and control characters cannot be used in a topic level")
+    if value.startswith("$"):
+        raise InvalidDeviceIdError(f"{what} {value!r} starts with '$', which brokers reserve "
+                                   "for their own topics")
     if len(value.encode("utf-8", "surrogatepass")) > MAX_PART_BYTES:
         raise InvalidDeviceIdError(f"{what} {value[:20]!r}... is longer than {MAX_PART_BYTES} "
                                    "UTF-8 bytes")
@@ -105,7 +109,8 @@ class Schema:
         if not topic.startswith(self.root + "/"):
             return None
         parts = topic[len(self.root) + 1:].split("/")
-        if len(parts) < 3 or len(parts[0]) != 2 or parts[1] not in KINDS:
+        if len(parts) < 3 or len(parts[0]) != 2 or parts[1] not in KINDS \
+                or len(parts) != (4 if parts[1] == "metrics" else 3) or not all(parts[2:]):
             return None
         return parts[1], tuple(parts[2:])
 

@@ -60,6 +60,8 @@ SESSION_EXPIRY = 86_400
 _AUTH_FAILURES = {134, 135, 140}  # bad user name or password, not authorized, bad auth method
 _PROTOCOL_REFUSED = {1, 132}  # unacceptable / unsupported protocol version
 _TAKEN_OVER = 142
+CLASH_WINDOW = 5.0
+CLASH_COUNT = 3
 
 # Endpoints known to refuse MQTT 5, so later sessions start with 3.1.1 at once.
 _v311_only: set[tuple[str, int]] = set()
@@ -520,8 +522,10 @@ class Session:
             return
         if reason.value == _TAKEN_OVER or self._looks_taken_over(was_connected, lived):
             self._stop(SessionTakenOverError(
-                f"another client connected with client_id {self.client_id!r}; this session "
-                "stopped reconnecting to avoid a takeover loop: use a unique client_id",
+                f"the broker closed the connection of client_id {self.client_id!r} right after "
+                f"it connected, {CLASH_COUNT} times in a row (or said 'session taken over'): "
+                "another client most likely uses the same client_id; this session stopped "
+                "reconnecting to avoid a takeover loop: use a unique client_id",
                 host=(self.endpoint or ("?", 0))[0], port=(self.endpoint or ("?", 0))[1]))
             return
         if was_connected:
@@ -532,11 +536,13 @@ class Session:
         self._schedule_reconnect()
 
     def _looks_taken_over(self, was_connected: bool, lived: float) -> bool:
-        """Under MQTT 3.1.1 a takeover is a bare close; three quick ones in a row are a clash."""
-        if self.protocol == paho.MQTTv5 or not was_connected:
+        """A takeover is often a bare close (Mosquitto 2.0 sends no DISCONNECT 0x8E, even
+        under MQTT 5): three connections closed by the broker within seconds of CONNACK,
+        in a row, are taken as a client_id clash."""
+        if not was_connected:
             return False
-        self._short_lived = self._short_lived + 1 if lived < 5 else 0
-        return self._short_lived >= 3
+        self._short_lived = self._short_lived + 1 if lived < CLASH_WINDOW else 0
+        return self._short_lived >= CLASH_COUNT
 
     def _stop(self, reason: MQTTClientError) -> None:
         logger.error("session %s stopped: %s", self.client_id, reason)
@@ -593,12 +599,15 @@ class Session:
         if self.on_received is not None:
             self.on_received(topic, len(msg.payload))
         message = Message(self._strip(topic), bytes(msg.payload), msg.qos, bool(msg.retain), now)
+        delivered = False
         for filters, handler in self.taps:
             if any(matches(f, topic) for f in filters):
+                delivered = True
                 handler(message)
         for sub in self.subscriptions.values():
             if not matches(sub.topic_filter, topic):
                 continue
+            delivered = True
             if sub.handler is not None:
                 sub.handler(message)
             elif sub.callback is not None:
@@ -608,6 +617,10 @@ class Session:
                     self.messages_dropped += 1
             else:
                 self._deliver_to_inbox(message)
+        if not delivered:
+            # A persistent session's queued messages arrive right after CONNACK, before
+            # the application subscribed again in this process: keep them for receive().
+            self._deliver_to_inbox(message)
 
     def _deliver_to_inbox(self, message: Message) -> None:
         with self._inbox_ready:

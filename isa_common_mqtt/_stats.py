@@ -32,8 +32,8 @@ def parse_sys(values: dict[str, bytes]) -> dict[str, Any]:
     result: dict[str, Any] = {"available": bool(values), "source": "$SYS"}
     for name, topic in FIGURES.items():
         result[name] = _int(values.get(topic))
-    uptime = values.get("$SYS/broker/uptime")
-    result["uptime_seconds"] = _int(uptime.split()[0]) if uptime else None
+    uptime = (values.get("$SYS/broker/uptime") or b"").split()  # b"48 seconds"
+    result["uptime_seconds"] = _int(uptime[0]) if uptime else None
     version = values.get("$SYS/broker/version")
     result["version"] = version.decode("utf-8", "replace") if version else None
     return result
@@ -44,7 +44,7 @@ def _int(raw: bytes | None) -> int | None:
         return None
     try:
         return int(float(raw.decode("ascii").strip()))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, OverflowError):
         return None
 
 

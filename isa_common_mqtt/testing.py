@@ -1,0 +1,487 @@
+"""Pytest plugin that gives a test suite a real MQTT broker.
+
+Fixtures: ``mqtt_broker`` (session), ``mosquitto_factory`` and ``unique_topic``.
+The installed package loads it through its ``pytest11`` entry point; list it in
+``pytest_plugins`` only where the package is not pip-installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+import pytest
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BROKER_ENV_VAR",
+    "BrokerAddress",
+    "MosquittoFactory",
+    "MosquittoProcess",
+    "choose_backend",
+    "docker_available",
+    "find_mosquitto",
+    "mosquitto_factory",
+    "mqtt_broker",
+    "parse_broker_address",
+    "unique_topic",
+]
+
+BROKER_ENV_VAR = "MQTT_TEST_BROKER"
+"""Set to ``host:port`` to run the tests against an already running broker."""
+
+_LOOPBACK = "127.0.0.1"
+_MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+_START_TIMEOUT = 10.0
+_STOP_TIMEOUT = 10.0
+_PORT_ATTEMPTS = 5
+_LOG_TAIL_LINES = 40
+_CONTAINER_IMAGE = "eclipse-mosquitto:2"
+_CONTAINER_PORT = 1883
+_RUNNING = re.compile(r"mosquitto version \S+ running")
+
+_NO_BROKER_HELP = (
+    "No MQTT broker is available for the tests. Either install Mosquitto "
+    "(e.g. `apt-get install mosquitto`; the fixtures start their own private instance, "
+    f"the system service is not needed), or set {BROKER_ENV_VAR}=host:port to use a running "
+    "broker, or start a Docker daemon so testcontainers can run eclipse-mosquitto."
+)
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where a test broker listens."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_broker_address(value: str) -> BrokerAddress:
+    """Parse ``host:port`` (or ``[v6addr]:port``) as given in MQTT_TEST_BROKER."""
+    host, sep, port_text = value.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{BROKER_ENV_VAR} must look like host:port, got {value!r}")
+    return BrokerAddress(host, int(port_text))
+
+
+def find_mosquitto() -> str | None:
+    """Return the path of the ``mosquitto`` binary, or None when it is not installed."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return next((p for p in _MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
+
+
+def choose_backend(
+    env: Mapping[str, str], *, mosquitto_path: str | None, docker_available: bool
+) -> str:
+    """Pick where the test broker comes from: "env", "mosquitto" or "testcontainers"."""
+    if env.get(BROKER_ENV_VAR, "").strip():
+        return "env"
+    if mosquitto_path:
+        return "mosquitto"
+    if docker_available:
+        return "testcontainers"
+    raise RuntimeError(_NO_BROKER_HELP)
+
+
+def docker_available(timeout: float = 2.0) -> bool:
+    """Tell, within about ``timeout`` seconds, whether a Docker daemon answers a ping."""
+    host = os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://"):
+        return _unix_docker_ping(host.removeprefix("unix://"), timeout)
+    try:
+        docker = importlib.import_module("docker")
+        client = docker.from_env(timeout=max(1, round(timeout)))
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # any failure means "not usable"
+        logger.debug("Docker at %s is not reachable", host, exc_info=True)
+        return False
+
+
+def _unix_docker_ping(path: str, timeout: float) -> bool:
+    """Send ``GET /_ping`` to a Docker daemon on a unix socket."""
+    if not os.path.exists(path):
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = sock.recv(4096)
+    except OSError:
+        return False
+    return reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0]
+
+
+def _read_from(path: Path, offset: int) -> str:
+    """The text of ``path`` after byte ``offset`` ("" while the file does not exist)."""
+    try:
+        return path.read_bytes()[offset:].decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _free_port() -> int:
+    """Ask the kernel for a currently free TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _accepts_tcp(host: str, port: int) -> bool:
+    """Tell whether ``host:port`` accepts a TCP connection right now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class MosquittoProcess:
+    """A private ``mosquitto`` on 127.0.0.1 with its own config, data and log in a temp dir.
+
+    With ``config_file`` that file's settings are used unchanged except the listener (moved to
+    the private port), ``persistence_location`` and ``log_dest file`` (into the temp dir),
+    ``pid_file`` and ``user`` (dropped; ``user root`` when run as root).
+    """
+
+    def __init__(
+        self,
+        *,
+        config_file: str | Path | None = None,
+        extra_config: str = "",
+        persistence: bool = True,
+        port: int | None = None,
+        executable: str | None = None,
+        start_timeout: float = _START_TIMEOUT,
+    ) -> None:
+        found = executable or find_mosquitto()
+        if found is None:
+            raise RuntimeError(_NO_BROKER_HELP)
+        self._executable = found
+        self._source = Path(config_file).read_text() if config_file is not None else None
+        if self._source is not None:
+            _adapted_config(self._source, Path(), persistence)  # fail early on what we can't adapt
+        self._extra_config = extra_config
+        self._persistence = persistence
+        self._port = port
+        self._start_timeout = start_timeout
+        self._dir = Path(tempfile.mkdtemp(prefix="isa-mosquitto-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._closed = False
+
+    # -- where things are ---------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """The address the broker listens on (always loopback)."""
+        return _LOOPBACK
+
+    @property
+    def port(self) -> int:
+        """The private port; fixed at the first successful start and kept by restarts."""
+        if self._port is None:
+            raise RuntimeError("the broker has not been started yet")
+        return self._port
+
+    @property
+    def address(self) -> BrokerAddress:
+        """Host and port as a :class:`BrokerAddress`."""
+        return BrokerAddress(self.host, self.port)
+
+    @property
+    def running(self) -> bool:
+        """True while the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def config_path(self) -> Path:
+        """The config file mosquitto is started with."""
+        return self._dir / "mosquitto.conf"
+
+    @property
+    def data_dir(self) -> Path:
+        """The persistence directory (``persistence_location``)."""
+        return self._dir / "data"
+
+    def log_text(self) -> str:
+        """What the broker logged so far: its log file, then what it printed on stdout/stderr."""
+        parts = [p.read_text(errors="replace") for p in self._log_files() if p.exists()]
+        return "".join(parts)
+
+    def _log_files(self) -> tuple[Path, Path]:
+        return self._dir / "mosquitto.log", self._dir / "output.log"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the broker; wait (bounded) until it logs "running" and accepts TCP connections."""
+        if self._closed:
+            raise RuntimeError("this MosquittoProcess is closed")
+        if self.running:
+            return
+        if self._port is not None:
+            self._launch(self._port)
+            return
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            port = _free_port()
+            try:
+                self._launch(port)
+            except RuntimeError as exc:
+                if attempt == _PORT_ATTEMPTS or "Address already in use" not in str(exc):
+                    raise
+                logger.info("port %d was taken before mosquitto bound it; trying another", port)
+                continue
+            self._port = port
+            return
+
+    def stop(self) -> None:
+        """Stop with SIGTERM and wait, so mosquitto saves its persistence file."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            logger.warning("mosquitto did not stop within %.0f s; killing it", _STOP_TIMEOUT)
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """Kill with SIGKILL: nothing is saved beyond the last autosave."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self) -> None:
+        """Stop cleanly, then start again on the same port with the same data."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the broker and remove its temp dir."""
+        self.stop()
+        self._closed = True
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> MosquittoProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MosquittoProcess(port={self._port}, running={self.running}, dir={self._dir})"
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _launch(self, port: int) -> None:
+        """Write the config for ``port``, run mosquitto and wait until it says it is running."""
+        self.data_dir.mkdir(exist_ok=True)
+        self.config_path.write_text(self._config_text(port))
+        log_file = self._log_files()[0]
+        log_start = log_file.stat().st_size if log_file.exists() else 0
+        with open(self._log_files()[1], "ab") as output:
+            proc = subprocess.Popen(
+                [self._executable, "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=self._dir,
+            )
+        deadline = time.monotonic() + self._start_timeout
+        while proc.poll() is None:
+            # The log line proves *our* process bound the port; a TCP connect alone could
+            # reach whoever else holds it.
+            if _RUNNING.search(_read_from(log_file, log_start)) and _accepts_tcp(_LOOPBACK, port):
+                self._proc = proc
+                logger.debug("mosquitto (pid %d) listening on %s:%d", proc.pid, _LOOPBACK, port)
+                return
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(self._failure(f"did not start on port {port} in time"))
+            time.sleep(0.02)
+        raise RuntimeError(self._failure(f"exited with code {proc.returncode} on port {port}"))
+
+    def _failure(self, what: str) -> str:
+        tail = "\n".join(self.log_text().splitlines()[-_LOG_TAIL_LINES:])
+        return f"mosquitto {what}; config {self.config_path}; log tail:\n{tail}"
+
+    def _config_text(self, port: int) -> str:
+        if self._source is None:
+            lines = _generated_config(self._dir, self._persistence)
+        else:
+            lines = _adapted_config(self._source, self._dir, self._persistence)
+        lines.insert(0, f"listener {port} {_LOOPBACK}")
+        lines.append(f"log_dest file {self._log_files()[0]}")
+        if os.geteuid() == 0:
+            # As root mosquitto drops to user "mosquitto", who cannot write our temp dir.
+            lines.append("user root")
+        lines.append(self._extra_config)
+        return "\n".join(lines) + "\n"
+
+
+def _generated_config(workdir: Path, persistence: bool) -> list[str]:
+    """The settings of a private test broker, without its listener and log file."""
+    lines = ["allow_anonymous true"]
+    if persistence:
+        lines += ["persistence true", f"persistence_location {workdir / 'data'}/"]
+        lines += ["autosave_interval 1"]
+    else:
+        lines.append("persistence false")
+    lines += ["max_queued_messages 1000000", "sys_interval 1"]
+    lines += [f"log_type {kind}" for kind in ("error", "warning", "notice", "information")]
+    return lines
+
+
+_REPLACED_KEYS = frozenset(
+    {"listener", "port", "bind_address", "bind_interface", "pid_file", "user"}
+)
+
+
+def _adapted_config(source: str, workdir: Path, persistence: bool) -> list[str]:
+    """An existing config made private: listener, data dir and log file are swapped out."""
+    lines: list[str] = []
+    listeners = 0
+    log_types: set[str] = set()
+    for line in source.splitlines():
+        words = line.split()
+        key = words[0] if words and not words[0].startswith("#") else ""
+        if key in ("listener", "port"):
+            listeners += 1
+            if listeners > 1:
+                raise ValueError("MosquittoProcess supports config files with a single listener")
+        if key == "log_type":
+            log_types.update(words[1:])
+        if key in _REPLACED_KEYS or (key == "log_dest" and words[1:2] == ["file"]):
+            lines.append(f"# (replaced by isa_common_mqtt.testing) {line}")
+        elif key == "persistence_location":
+            lines.append(f"persistence_location {workdir / 'data'}/")
+        elif key == "persistence" and not persistence:
+            lines.append("persistence false")
+        else:
+            lines.append(line)
+    if log_types and not log_types & {"information", "all"}:
+        lines.append("log_type information")  # start() waits for the "running" line
+    return lines
+
+
+# -- pytest fixtures ----------------------------------------------------------------------
+
+
+class MosquittoFactory(Protocol):
+    """The callable given by the ``mosquitto_factory`` fixture; returns a started broker."""
+
+    def __call__(
+        self,
+        *,
+        config_file: str | Path | None = None,
+        extra_config: str = "",
+        persistence: bool = True,
+        port: int | None = None,
+    ) -> MosquittoProcess: ...
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker() -> Iterator[BrokerAddress]:
+    """A broker for the whole session: MQTT_TEST_BROKER, else a private Mosquitto, else Docker."""
+    mosquitto = find_mosquitto()
+    docker_needed = not os.environ.get(BROKER_ENV_VAR, "").strip() and mosquitto is None
+    backend = choose_backend(
+        os.environ, mosquitto_path=mosquitto, docker_available=docker_needed and docker_available()
+    )
+    logger.info("test broker backend: %s", backend)
+    if backend == "env":
+        yield parse_broker_address(os.environ[BROKER_ENV_VAR])
+    elif backend == "mosquitto":
+        with MosquittoProcess(executable=mosquitto) as broker:
+            yield broker.address
+    else:
+        yield from _container_broker()
+
+
+def _container_broker() -> Generator[BrokerAddress, None, None]:
+    """Run eclipse-mosquitto with testcontainers for as long as the generator is open."""
+    try:
+        with warnings.catch_warnings():
+            # testcontainers 4.x warns about its own deprecated decorators at import.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from testcontainers.community.mqtt import MosquittoContainer
+    except ImportError as exc:
+        raise RuntimeError(
+            "Docker is available but testcontainers is not installed: "
+            f"pip install testcontainers. {_NO_BROKER_HELP}"
+        ) from exc
+    container = MosquittoContainer(image=_CONTAINER_IMAGE)
+    try:
+        container.start()
+        host = str(container.get_container_host_ip())
+        yield BrokerAddress(host, int(container.get_exposed_port(_CONTAINER_PORT)))
+    finally:
+        container.stop()
+
+
+@pytest.fixture
+def mosquitto_factory() -> Iterator[MosquittoFactory]:
+    """Start private brokers for one test (restart, kill, persistence); all closed at teardown."""
+    with contextlib.ExitStack() as stack:
+
+        def factory(
+            *,
+            config_file: str | Path | None = None,
+            extra_config: str = "",
+            persistence: bool = True,
+            port: int | None = None,
+        ) -> MosquittoProcess:
+            broker = MosquittoProcess(
+                config_file=config_file,
+                extra_config=extra_config,
+                persistence=persistence,
+                port=port,
+            )
+            stack.callback(broker.close)
+            broker.start()
+            return broker
+
+        yield factory
+
+
+@pytest.fixture
+def unique_topic() -> str:
+    """A topic no other test uses, like ``test/<uuid hex>``."""
+    return f"test/{uuid.uuid4().hex}"

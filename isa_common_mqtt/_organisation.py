@@ -37,6 +37,8 @@ from ._types import DeviceStatus, Message
 logger = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 1_000
+SYNC_WINDOW = 4
+"""Registry slices (of 64) whose snapshots may be in flight at once during a sync."""
 
 
 def _check_page(page: object, page_size: object) -> tuple[int, int]:
@@ -130,10 +132,10 @@ class Organisation:
         with self._sync_lock:
             if not self.synced:
                 started = time.perf_counter()
-                for topic_filter in self.schema.shard_filters():
-                    self.markers.sync([topic_filter], self._on_record, keep=True,
-                                      timeout=self.options.request_timeout,
-                                      what="registry records")
+                self.markers.sync_slices(self.schema.shard_filters(), self._on_record,
+                                         window=SYNC_WINDOW,
+                                         timeout=self.options.request_timeout,
+                                         what="registry records")
                 self.synced = True
                 logger.info("registry %s synced in %.3f s (%d devices)", self.schema.root,
                             time.perf_counter() - started, len(self.view.devices))

@@ -107,7 +107,7 @@ class Waiter:
 
 
 @dataclass(slots=True)
-class _Out:
+class Outgoing:
     topic: str
     payload: bytes
     qos: int
@@ -132,7 +132,7 @@ def passive_handler(message: Message) -> None:
     """Handler of a subscription made only to read retained messages: a holder wins."""
 
 
-class _Request:
+class Request:
     """A SUBSCRIBE or UNSUBSCRIBE waiting for its acknowledgement."""
 
     __slots__ = ("codes", "error", "event", "subscriptions")
@@ -187,9 +187,9 @@ class Session:
         self._inflight = 0
         self._inflight_qos2 = 0
         self._qos0_unwritten = 0
-        self._outgoing: collections.deque[_Out] = collections.deque()
-        self._by_mid: dict[int, _Out] = {}
-        self._requests: dict[int, _Request] = {}
+        self._outgoing: collections.deque[Outgoing] = collections.deque()
+        self._by_mid: dict[int, Outgoing] = {}
+        self._requests: dict[int, Request] = {}
         self.subscriptions: dict[str, Subscription] = {}
         self.taps: list[tuple[list[str], MessageHandler]] = []
         """Temporary observers of matching messages (retained reads)."""
@@ -637,7 +637,7 @@ class Session:
     # == publishing ======================================================================
     def publish(self, items: Iterable[tuple[str, bytes, int, bool]],
                 timeout: float | None = None,
-                raise_errors: bool = True) -> tuple[Waiter, list[_Out]]:
+                raise_errors: bool = True) -> tuple[Waiter, list[Outgoing]]:
         """Queue messages in order and return their waiter; blocks only while the buffer is full.
 
         QoS 0 while down raises NotConnectedError; the outgoing bound raises
@@ -647,7 +647,7 @@ class Session:
         """
         batch = list(items)
         waiter = Waiter(len(batch))
-        outs = [_Out(topic, payload, qos, retain, waiter, index)
+        outs = [Outgoing(topic, payload, qos, retain, waiter, index)
                 for index, (topic, payload, qos, retain) in enumerate(batch)]
         limit = self.options.max_buffered_messages
         deadline = time.monotonic() + (self.options.publish_timeout if timeout is None
@@ -664,7 +664,7 @@ class Session:
                     break
         return waiter, outs
 
-    def _accept(self, out: _Out, deadline: float, limit: int) -> None:
+    def _accept(self, out: Outgoing, deadline: float, limit: int) -> None:
         """Queue one message (lock held), waiting for room in the outgoing buffer."""
         self._check_usable()
         if out.qos == 0 and not self.connected:
@@ -724,7 +724,7 @@ class Session:
                     self._inflight_qos2 += 1
             self._drain_locked()  # acks of inline writes (QoS 0 is "acked" once written)
 
-    def wait_published(self, waiter: Waiter, outs: list[_Out], timeout: float | None,
+    def wait_published(self, waiter: Waiter, outs: list[Outgoing], timeout: float | None,
                        raise_first: bool = True) -> None:
         """Wait for ``waiter`` while acknowledgements keep coming; raise its first error.
 
@@ -783,7 +783,7 @@ class Session:
 
     # == subscriptions ===================================================================
     def subscribe(self, subscriptions: list[Subscription], *, wait: bool = True,
-                  timeout: float | None = None) -> _Request:
+                  timeout: float | None = None) -> Request:
         """Send one SUBSCRIBE; with ``wait``, return after SUBACK (raise on refusal)."""
         with self._lock:
             self._check_usable()
@@ -795,14 +795,14 @@ class Session:
                 rc, mid = client.subscribe([(s.topic_filter, s.qos) for s in subscriptions])
             if rc != paho.MQTT_ERR_SUCCESS or mid is None:
                 raise NotConnectedError(f"subscribe failed: {paho.error_string(rc)}")
-            request = self._requests[mid] = _Request(subscriptions)
+            request = self._requests[mid] = Request(subscriptions)
             self._drain_locked()
         if wait:
             self._await(request, "SUBACK", timeout)
             self.check_subscribed(request)
         return request
 
-    def check_subscribed(self, request: _Request) -> None:
+    def check_subscribed(self, request: Request) -> None:
         """Raise AuthorizationError when the broker refused a filter of ``request``."""
         if request.error is not None:
             raise request.error
@@ -829,7 +829,7 @@ class Session:
             rc, mid = client.unsubscribe(held)
             if rc != paho.MQTT_ERR_SUCCESS or mid is None:
                 return len(held)
-            request = self._requests[mid] = _Request()
+            request = self._requests[mid] = Request()
             self._drain_locked()
         self._await(request, "UNSUBACK", timeout)
         return len(held)
@@ -845,7 +845,7 @@ class Session:
             client.subscribe([(s.topic_filter, s.qos) for s in subs])
         logger.info("session %s: restored %d subscription(s)", self.client_id, len(subs))
 
-    def _await(self, request: _Request, what: str, timeout: float | None) -> None:
+    def _await(self, request: Request, what: str, timeout: float | None) -> None:
         wait = self.options.request_timeout if timeout is None else timeout
         if not request.event.wait(wait):
             raise MQTTTimeoutError(f"the broker did not send {what} within {wait:g} s")

@@ -13,15 +13,37 @@ the marker is dropped too, and the read fails loudly instead of returning a part
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from ._errors import RegistrySyncError
-from ._session import MessageHandler, Session, Subscription, passive_handler
+from ._session import (
+    MessageHandler,
+    Outgoing,
+    Request,
+    Session,
+    Subscription,
+    Waiter,
+    passive_handler,
+)
 from ._types import Message
 
 SYNC_QOS = 1
+
+
+@dataclass(slots=True)
+class _Read:
+    """One snapshot read in flight: its filters, marker token and acknowledgements."""
+
+    filters: list[str]
+    token: bytes
+    event: threading.Event
+    request: Request
+    waiter: Waiter
+    outs: list[Outgoing]
 
 
 class MarkerChannel:
@@ -53,34 +75,63 @@ class MarkerChannel:
         (filters the session already held are left alone).
         """
         self._ensure_subscribed(timeout)
-        session = self.session
         wanted = list(filters)
-        new = [f for f in wanted if f not in session.subscriptions]
-        token = os.urandom(16)
-        event = self._waiting[token] = threading.Event()
+        new = [f for f in wanted if f not in self.session.subscriptions]
         tap = (wanted, handler)
         if not keep:
-            session.taps.append(tap)
+            self.session.taps.append(tap)
         try:
-            subs = [Subscription(f, SYNC_QOS, handler if keep else passive_handler) for f in wanted]
-            request = session.subscribe(subs, wait=False)
-            waiter, outs = session.publish([(self.marker_topic, token, SYNC_QOS, False)])
-            if not event.wait(timeout):
-                if request.error is not None:
-                    raise request.error
-                raise RegistrySyncError(
-                    f"the broker did not deliver all {what} of {wanted} within {timeout:g} s: "
-                    "it most likely dropped part of the snapshot. On Mosquitto raise "
-                    "max_queued_messages (default 1000; e.g. max_queued_messages 1000000) "
-                    "in mosquitto.conf")
-            session.wait_published(waiter, outs, timeout)
-            session.check_subscribed(request)
+            self._finish(self._start(wanted, handler if keep else passive_handler), timeout, what)
         finally:
             if not keep:
-                session.taps.remove(tap)
-            self._waiting.pop(token, None)
-            if not keep and new:
-                session.unsubscribe(new, timeout=timeout)
+                self.session.taps.remove(tap)
+                if new:
+                    self.session.unsubscribe(new, timeout=timeout)
+
+    def sync_slices(self, slices: Iterable[str], handler: MessageHandler, *, window: int,
+                    timeout: float, what: str) -> None:
+        """Subscribe each filter of ``slices`` for good, ``window`` snapshots in flight at once.
+
+        Each slice has its own marker, so the broker never queues more than ``window``
+        slices for us and a dropped slice is still detected.
+        """
+        self._ensure_subscribed(timeout)
+        pending: collections.deque[_Read] = collections.deque()
+        try:
+            for topic_filter in slices:
+                if len(pending) >= window:
+                    self._finish(pending.popleft(), timeout, what)
+                pending.append(self._start([topic_filter], handler))
+            while pending:
+                self._finish(pending.popleft(), timeout, what)
+        finally:
+            for read in pending:
+                self._waiting.pop(read.token, None)
+
+    def _start(self, filters: list[str], handler: MessageHandler) -> _Read:
+        """Send SUBSCRIBE for ``filters`` and, right behind it, a marker."""
+        token = os.urandom(16)
+        event = self._waiting[token] = threading.Event()
+        subs = [Subscription(f, SYNC_QOS, handler) for f in filters]
+        request = self.session.subscribe(subs, wait=False)
+        waiter, outs = self.session.publish([(self.marker_topic, token, SYNC_QOS, False)])
+        return _Read(filters, token, event, request, waiter, outs)
+
+    def _finish(self, read: _Read, timeout: float, what: str) -> None:
+        """Wait for the marker of ``read``: then all of its retained messages are here."""
+        try:
+            if not read.event.wait(timeout):
+                if read.request.error is not None:
+                    raise read.request.error
+                raise RegistrySyncError(
+                    f"the broker did not deliver all {what} of {read.filters} within "
+                    f"{timeout:g} s: it most likely dropped part of the snapshot. On Mosquitto "
+                    "raise max_queued_messages (default 1000; e.g. max_queued_messages "
+                    "1000000) in mosquitto.conf")
+            self.session.wait_published(read.waiter, read.outs, timeout)
+            self.session.check_subscribed(read.request)
+        finally:
+            self._waiting.pop(read.token, None)
 
     def read_retained(self, topic_filter: str, timeout: float) -> dict[str, Message]:
         """The retained messages under ``topic_filter``, by broker topic."""

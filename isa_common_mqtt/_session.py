@@ -46,7 +46,7 @@ from ._errors import (
 )
 from ._io import NetworkLoop
 from ._options import ClientOptions
-from ._topics import matches
+from ._topics import FilterIndex, matches
 from ._types import Message
 
 logger = logging.getLogger(__name__)
@@ -191,6 +191,8 @@ class Session:
         self._by_mid: dict[int, Outgoing] = {}
         self._requests: dict[int, Request] = {}
         self.subscriptions: dict[str, Subscription] = {}
+        self._index: FilterIndex | None = None
+        """Lookup over ``subscriptions``; reset to None whenever they change."""
         self.taps: list[tuple[list[str], MessageHandler]] = []
         """Temporary observers of matching messages (retained reads)."""
         self.qos2_supported: bool | None = None
@@ -589,6 +591,7 @@ class Session:
                 else:
                     sub.qos = code
                     self.subscriptions[sub.topic_filter] = sub
+                    self._index = None
         request.event.set()
 
     def _handle_message(self, msg: paho.MQTTMessage) -> None:
@@ -604,9 +607,11 @@ class Session:
             if any(matches(f, topic) for f in filters):
                 delivered = True
                 handler(message)
-        for sub in self.subscriptions.values():
-            if not matches(sub.topic_filter, topic):
-                continue
+        index = self._index
+        if index is None:
+            index = self._index = FilterIndex(self.subscriptions)
+        for topic_filter in index.match(topic):
+            sub = self.subscriptions[topic_filter]
             delivered = True
             if sub.handler is not None:
                 sub.handler(message)
@@ -823,6 +828,7 @@ class Session:
                 return 0
             for f in held:
                 del self.subscriptions[f]
+            self._index = None
             if not self.connected:
                 return len(held)  # not restored on reconnect; a persistent session forgets later
             client = self._require_connected()

@@ -5,6 +5,9 @@ Pure functions only; nothing here touches the network.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from ._errors import InvalidTopicError
 
 MAX_TOPIC_BYTES = 65_535
@@ -116,3 +119,47 @@ class TopicPrefix:
         if self.prefix and topic.startswith(self.prefix):
             return topic[len(self.prefix):]
         return topic
+
+
+class FilterIndex:
+    """The filters of a set that match a topic, found by walking a trie of levels
+    rather than testing every filter (a registry sync holds 65 of them)."""
+
+    __slots__ = ("_exact", "_root")
+
+    def __init__(self, filters: Iterable[str]) -> None:
+        self._exact: set[str] = set()
+        self._root: dict[str | None, Any] = {}
+        for topic_filter in filters:
+            if "+" not in topic_filter and "#" not in topic_filter:
+                self._exact.add(topic_filter)
+                continue
+            node = self._root
+            for level in topic_filter.split("/"):
+                node = node.setdefault(level, {})
+            node[None] = topic_filter
+
+    def match(self, topic: str) -> list[str]:
+        """Every filter of the set that ``topic`` matches (see :func:`matches`)."""
+        found = [topic] if topic in self._exact else []
+        if self._root:
+            _walk(self._root, topic.split("/"), 0, found, topic.startswith("$"))
+        return found
+
+
+def _walk(node: dict[str | None, Any], levels: list[str], index: int, found: list[str],
+          dollar: bool) -> None:
+    wildcards_allowed = not (dollar and index == 0)
+    rest = node.get("#")
+    if rest is not None and None in rest and wildcards_allowed:
+        found.append(rest[None])  # '#' also matches the parent level: 'a/#' matches 'a'
+    if index == len(levels):
+        if None in node:
+            found.append(node[None])
+        return
+    plus = node.get("+")
+    if plus is not None and wildcards_allowed:
+        _walk(plus, levels, index + 1, found, dollar)
+    child = node.get(levels[index])
+    if child is not None:
+        _walk(child, levels, index + 1, found, dollar)

@@ -19,7 +19,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ from ._errors import (
 )
 from ._io import NetworkLoop
 from ._options import ClientOptions
+from ._paho import PahoClient
 from ._topics import FilterIndex, matches
 from ._types import Message
 
@@ -165,11 +166,13 @@ class Session:
         self._dispatcher = dispatcher or Dispatcher.shared()
         self._lock = threading.RLock()
         self._room = threading.Condition(self._lock)
-        self._io_lock = threading.RLock()
+        self._io_lock = threading.Lock()  # paho's loop_* calls; never held while waiting
+        self._connecting = False
         self._events: collections.deque[Callable[[], None]] = collections.deque()
         self._draining = False
         self._pumping = False
-        self._client: paho.Client | None = None
+        self._repump = False
+        self._client: PahoClient | None = None
         self.protocol: int = paho.MQTTv5
         self.endpoint: Endpoint | None = None
         self.connected = False
@@ -246,9 +249,9 @@ class Session:
             return [paho.MQTTv5]
         return [paho.MQTTv5, paho.MQTTv311]
 
-    def _new_client(self, protocol: int) -> paho.Client:
+    def _new_client(self, protocol: int) -> PahoClient:
         v5 = protocol == paho.MQTTv5
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+        client = PahoClient(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              clean_session=None if v5 else self.clean_session,
                              protocol=MQTTProtocolVersion(protocol),
                              reconnect_on_failure=False)
@@ -289,7 +292,7 @@ class Session:
         client.connect_timeout = max(deadline - time.monotonic(), 0.05)
         self._loop.add_pollable(self)
         try:
-            with self._io_lock:
+            with self._connecting_io():
                 client.connect(host, port, self.keep_alive, **self._connect_args())
         except OSError as exc:
             self._loop.remove_pollable(self)
@@ -306,7 +309,7 @@ class Session:
             self._abandon(client)
             raise self._connect_error
 
-    def _abandon(self, client: paho.Client) -> None:
+    def _abandon(self, client: PahoClient) -> None:
         self._loop.remove_pollable(self)
         with self._io_lock:
             client._sock_close()  # no DISCONNECT: the connection never got going
@@ -324,7 +327,7 @@ class Session:
         for host, port in self._resolver():
             client = self._client
             try:
-                with self._io_lock:
+                with self._connecting_io():
                     if self.endpoint != (host, port):
                         client.connect_async(host, port, self.keep_alive, **self._connect_args())
                         self.endpoint = (host, port)
@@ -337,6 +340,17 @@ class Session:
         with self._lock:
             if not self.closing:
                 self._schedule_reconnect()
+
+    @contextlib.contextmanager
+    def _connecting_io(self) -> Iterator[None]:
+        """Keep the network thread off the client during a blocking TCP connect, without
+        holding the I/O lock for that long (the network thread waits on it)."""
+        with self._io_lock:
+            self._connecting = True
+        try:
+            yield
+        finally:
+            self._connecting = False
 
     # == paho hooks: no locks of ours in here ============================================
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -384,14 +398,18 @@ class Session:
     # == network loop side ===============================================================
     def handle_readable(self) -> None:
         client = self._client
-        if client is None or not self._io_lock.acquire(blocking=False):
+        if client is None:
             return
+        self._io_lock.acquire()
         try:
+            if self._connecting:
+                return
             client.loop_read()
-            sock = client.socket()
-            while sock is not None and getattr(sock, "pending", lambda: 0)():
-                client.loop_read()  # TLS may hold decrypted bytes the selector cannot see
-                sock = client.socket()
+            # Bytes already read into our buffer (or held by TLS) are invisible to the
+            # selector: keep reading until they are consumed.
+            while client.socket() is not None and (client.buffered() or getattr(
+                    client.socket(), "pending", lambda: 0)()):
+                client.loop_read()
             if client.want_write():
                 client.loop_write()
         finally:
@@ -400,9 +418,12 @@ class Session:
 
     def handle_writable(self) -> None:
         client = self._client
-        if client is None or not self._io_lock.acquire(blocking=False):
+        if client is None:
             return
+        self._io_lock.acquire()
         try:
+            if self._connecting:
+                return
             client.loop_write()
         finally:
             self._io_lock.release()
@@ -410,15 +431,18 @@ class Session:
 
     def handle_misc(self) -> None:
         client = self._client
-        if client is None or not self._io_lock.acquire(blocking=False):
+        if client is None:
             return
+        self._io_lock.acquire()
         try:
+            if self._connecting:
+                return
             client.loop_misc()
         finally:
             self._io_lock.release()
         self._after_io(client)
 
-    def _after_io(self, client: paho.Client) -> None:
+    def _after_io(self, client: PahoClient) -> None:
         """Run the events the I/O produced and flush what they queued (network thread)."""
         self._drain()
         if client.want_write() and self._io_lock.acquire(blocking=False):
@@ -667,6 +691,7 @@ class Session:
                     if raise_errors:
                         raise
                     break
+            self._pump()
         return waiter, outs
 
     def _accept(self, out: Outgoing, deadline: float, limit: int) -> None:
@@ -682,52 +707,78 @@ class Session:
                 "this broker does not support QoS 2; publish with qos=1, or pass "
                 "downgrade_qos2=True to MQTTClient to downgrade automatically")
         while len(self._outgoing) + self._inflight >= limit:
+            self._pump()  # hand over what is queued before waiting for room
+            if len(self._outgoing) + self._inflight < limit:
+                break
             if not self._room.wait(max(deadline - time.monotonic(), 0)):
                 raise BufferFullError(
                     f"session {self.client_id!r} has {limit} unacknowledged messages "
                     "(max_buffered_messages); wait for the broker or raise the bound")
             self._check_usable()
         self._outgoing.append(out)
-        self._pump()
 
     def _pump(self) -> None:
         """Hand queued messages to paho while the in-flight windows allow (lock held)."""
         if self._pumping:
+            self._repump = True  # acknowledgements freed room while we were pumping
             return
         self._pumping = True
         try:
-            self._pump_locked()
+            while True:
+                self._repump = False
+                self._pump_locked()
+                if not self._repump:
+                    break
         finally:
             self._pumping = False
 
     def _pump_locked(self) -> None:
         outgoing = self._outgoing
         client = self._client
-        while outgoing and self.connected and client is not None:
+        if not outgoing or not self.connected or client is None:
+            return
+        by_mid = self._by_mid
+        qos2_cap = self.options.max_inflight_qos2 if self.protocol != paho.MQTTv5 else MAX_WINDOW
+        queued = False
+        while outgoing:
             out = outgoing[0]
             if out.qos == 0:
                 if self._qos0_unwritten >= QOS0_WINDOW:
-                    return
-            elif self._inflight >= self._window or (
-                    out.qos == 2 and self.protocol != paho.MQTTv5
-                    and self._inflight_qos2 >= self.options.max_inflight_qos2):
-                return
-            outgoing.popleft()
-            info = client.publish(out.topic, out.payload, out.qos, out.retain)
-            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) or \
-                    (out.qos == 0 and info.rc == paho.MQTT_ERR_NO_CONN):
-                out.waiter.done(out.index, NotConnectedError(
-                    f"publish to {self._strip(out.topic)!r} failed: {paho.error_string(info.rc)}"))
-                continue
-            out.mid = info.mid
-            self._by_mid[info.mid] = out
-            if out.qos == 0:
+                    break
                 self._qos0_unwritten += 1
+            elif self._inflight >= self._window or (
+                    out.qos == 2 and self._inflight_qos2 >= qos2_cap):
+                break
             else:
                 self._inflight += 1
                 if out.qos == 2:
                     self._inflight_qos2 += 1
-            self._drain_locked()  # acks of inline writes (QoS 0 is "acked" once written)
+            outgoing.popleft()
+            out.mid = client.enqueue_publish(out.topic.encode(), out.payload, out.qos,
+                                             out.retain)
+            by_mid[out.mid] = out
+            queued = True
+        if queued:
+            self._flush(client)
+
+    def _flush(self, client: PahoClient) -> None:
+        """Write what paho has queued: now from this thread if the socket is free,
+        else on the network thread (which also flushes after every read)."""
+        sock = client.socket()
+        if sock is None:
+            return
+        if self._loop.in_loop_thread():
+            self._loop.want_write(sock)
+        elif self._io_lock.acquire(blocking=False):
+            try:
+                client.loop_write()
+            finally:
+                self._io_lock.release()
+            if client.want_write():
+                self._loop.want_write(sock)
+            self._drain_locked()  # QoS 0 counts as done once written
+        else:
+            self._loop.want_write(sock)
 
     def wait_published(self, waiter: Waiter, outs: list[Outgoing], timeout: float | None,
                        raise_first: bool = True) -> None:

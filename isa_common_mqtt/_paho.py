@@ -1,0 +1,226 @@
+"""What we change in paho-mqtt, in one place: a ``paho.Client`` subclass for throughput.
+
+paho 2.x spends most of a pipelined publish on per-message work the session layer does not
+need: a ``Condition`` per message (``MQTTMessageInfo``), topic re-validation, one
+``send()`` per packet and three ``recv()`` per acknowledgement. This subclass
+
+- ``enqueue_publish``: builds a PUBLISH packet for an already validated topic and queues
+  it without the wake-up and write hook, so a batch is written in one go;
+- coalesces queued packets into few ``send()`` calls (``_packet_write``);
+- reads the socket in 64 KiB chunks and serves paho's small reads from that buffer
+  (``_sock_recv``); ``buffered()`` tells the loop to keep reading.
+
+Everything else (CONNECT, acknowledgements, resends after a reconnect, QoS 2 flows) stays
+paho's own code. The overridden methods are private paho API, so the dependency is pinned
+to paho-mqtt 2.x and ``tests/test_paho.py`` checks the behaviour they rely on.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import Any, Literal
+
+import paho.mqtt.client as paho
+from paho.mqtt.client import MQTTMessage, MQTTMessageInfo
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+_PUBLISH = int(paho.PUBLISH)
+_DISCONNECT = int(paho.DISCONNECT)
+WRITE_CHUNK = 256 * 1024
+READ_CHUNK = 64 * 1024
+
+
+class _SharedInfo(MQTTMessageInfo):
+    """One message-info for every fast publish: completion is tracked by the session."""
+
+    __slots__ = ()
+
+    def _set_as_published(self) -> None:
+        pass
+
+
+_INFO = _SharedInfo(0)
+_WRITTEN = ReasonCode(PacketTypes.PUBACK)
+"""Reason given to on_publish for a QoS 0 message: written to the socket."""
+
+
+_REASONS: dict[int, ReasonCode] = {}
+
+
+def _reason(code: int) -> ReasonCode:
+    """A shared ReasonCode per PUBACK/PUBCOMP code (they are immutable in practice)."""
+    reason = _REASONS.get(code)
+    if reason is None:
+        reason = _REASONS[code] = ReasonCode(PacketTypes.PUBACK, identifier=code)
+    return reason
+
+
+def _remaining_length(length: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = length % 128
+        length //= 128
+        out.append(byte | 0x80 if length else byte)
+        if not length:
+            return bytes(out)
+
+
+class PahoClient(paho.Client):
+    """paho's client with a lean publish path and batched socket I/O (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""
+        self._rpos = 0
+
+    # -- publishing ---------------------------------------------------------------------
+    def enqueue_publish(self, topic: bytes, payload: bytes, qos: int, retain: bool) -> int:
+        """Queue a PUBLISH (topic already validated) without writing; return its mid.
+
+        Like ``publish()`` with an unlimited in-flight window: a QoS>0 message is kept in
+        ``_out_messages`` so paho resends it after a reconnect. The caller flushes with
+        ``loop_write()``; while disconnected nothing is queued on the socket.
+        """
+        mid = self._mid_generate()
+        v5 = self._protocol == paho.MQTTv5
+        head = 2 + len(topic) + (2 if qos else 0) + (1 if v5 else 0)
+        packet = b"".join((
+            bytes((_PUBLISH | (qos << 1) | retain,)), _remaining_length(head + len(payload)),
+            struct.pack("!H", len(topic)), topic,
+            struct.pack("!H", mid) if qos else b"", b"\x00" if v5 else b"", payload))
+        connected = self._sock is not None
+        if qos:
+            message = MQTTMessage.__new__(MQTTMessage)
+            message.mid, message._topic, message.payload = mid, topic, payload
+            message.qos, message.retain, message.dup = qos, retain, False
+            message.timestamp, message.info, message.properties = time.monotonic(), _INFO, None
+            with self._out_message_mutex:
+                self._out_messages[mid] = message
+                if connected:
+                    self._inflight_messages += 1
+                    message.state = (paho.mqtt_ms_wait_for_puback if qos == 1
+                                     else paho.mqtt_ms_wait_for_pubrec)
+                else:
+                    message.state = paho.mqtt_ms_publish  # sent after the reconnect
+        if connected:
+            self._out_packet.append({"command": _PUBLISH, "mid": mid, "qos": qos, "pos": 0,
+                                     "to_process": len(packet), "packet": packet,
+                                     "info": _INFO})
+        return mid
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        """PUBACK/PUBCOMP without paho's per-ack Properties objects (most of its cost)."""
+        packet = self._in_packet["packet"]
+        if len(packet) < 2:
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        mid = (packet[0] << 8) | packet[1]
+        code = packet[2] if len(packet) > 2 and self._protocol == paho.MQTTv5 else 0
+        with self._out_message_mutex:
+            message = self._out_messages.pop(mid, None)
+            if message is None:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS  # a duplicate acknowledgement
+            self._inflight_messages -= 1
+        on_publish = self.on_publish
+        if on_publish is not None:
+            on_publish(self, self._userdata, mid, _reason(code), None)  # type: ignore[call-arg,arg-type]
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_pubrec(self) -> MQTTErrorCode:
+        """PUBREC without Properties objects; a v5 refusal (code >= 0x80) ends the flow."""
+        packet = self._in_packet["packet"]
+        if len(packet) < 2:
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        mid = (packet[0] << 8) | packet[1]
+        code = packet[2] if len(packet) > 2 and self._protocol == paho.MQTTv5 else 0
+        with self._out_message_mutex:
+            message = self._out_messages.get(mid)
+            if message is None:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            if code < 0x80:
+                message.state = paho.mqtt_ms_wait_for_pubcomp
+                message.timestamp = time.monotonic()
+                return self._send_pubrel(mid)
+            del self._out_messages[mid]
+            self._inflight_messages -= 1
+        on_publish = self.on_publish
+        if on_publish is not None:
+            on_publish(self, self._userdata, mid, _reason(code), None)  # type: ignore[call-arg,arg-type]
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # -- socket I/O -----------------------------------------------------------------------
+    def _packet_write(self) -> MQTTErrorCode:
+        """Write queued packets, many per ``send()``; same outcome as paho's version."""
+        queue = self._out_packet
+        while queue:
+            chunk = []
+            size = 0
+            for packet in queue:
+                chunk.append(packet)
+                size += packet["to_process"]
+                if size >= WRITE_CHUNK:
+                    break
+            if len(chunk) == 1:
+                data = chunk[0]["packet"][chunk[0]["pos"]:]
+            else:
+                data = b"".join(bytes(p["packet"][p["pos"]:]) for p in chunk)
+            try:
+                written = self._sock_send(data)
+            except (AttributeError, ValueError):
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError as err:
+                self._easy_log(paho.MQTT_LOG_ERR, "failed to send on socket: %s", err)
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            for packet in chunk:
+                if written < packet["to_process"]:
+                    packet["pos"] += written
+                    packet["to_process"] -= written
+                    break
+                written -= packet["to_process"]
+                packet["pos"] += packet["to_process"]
+                packet["to_process"] = 0
+                queue.popleft()
+                command = packet["command"] & 0xF0
+                if command == _PUBLISH and packet["qos"] == 0:
+                    self._qos0_written(packet["mid"])
+                elif command == _DISCONNECT:
+                    with self._msgtime_mutex:
+                        self._last_msg_out = time.monotonic()
+                    self._do_on_disconnect(packet_from_broker=False,
+                                           v1_rc=MQTTErrorCode.MQTT_ERR_SUCCESS)
+                    self._sock_close()
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+            else:
+                continue
+            break  # the socket took less than offered: wait until it is writable
+        with self._msgtime_mutex:
+            self._last_msg_out = time.monotonic()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _qos0_written(self, mid: int) -> None:
+        on_publish = self.on_publish
+        if on_publish is not None:
+            on_publish(self, self._userdata, mid, _WRITTEN, None)  # type: ignore[call-arg,arg-type]
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        """Serve paho's 1-byte and rest-of-packet reads from a 64 KiB read buffer."""
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(READ_CHUNK)
+            if not data:
+                return data  # closed by the peer
+            self._rbuf, self._rpos = data, 0
+        start = self._rpos
+        self._rpos = min(start + bufsize, len(self._rbuf))
+        return self._rbuf[start:self._rpos]
+
+    def buffered(self) -> bool:
+        """Whether read bytes wait in the buffer (the selector cannot see them)."""
+        return self._rpos < len(self._rbuf)
+
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0
+        super()._sock_close()

@@ -56,6 +56,9 @@ class ClientOptions:
     close_timeout: float = 5.0
     """Seconds ``close()`` waits for outstanding acknowledgements."""
     persistence_path: str | None = None
+    """SQLite file of the durable outbox (QoS>0 messages survive a crash); None: off."""
+    max_outbox_messages: int = 100_000
+    """Unacknowledged messages the durable outbox holds before publish raises BufferFullError."""
     protocol: str = "auto"
     """"auto" (MQTT 5, falling back to 3.1.1), "5" or "3.1.1"."""
     max_buffered_messages: int = 10_000
@@ -105,6 +108,7 @@ class ClientOptions:
     def _validate(self) -> None:
         for name in ("keep_alive", "connect_timeout", "publish_timeout", "request_timeout",
                      "close_timeout", "max_buffered_messages", "max_pending_callbacks",
+                     "max_outbox_messages",
                      "max_inflight_qos2", "reconnect_min_delay", "reconnect_max_delay",
                      "metrics_flush_interval"):
             value = getattr(self, name)

@@ -46,6 +46,7 @@ from ._errors import (
 )
 from ._io import NetworkLoop
 from ._options import ClientOptions
+from ._outbox import Outbox
 from ._paho import PahoClient
 from ._topics import FilterIndex, matches
 from ._types import Message
@@ -116,6 +117,8 @@ class Outgoing:
     waiter: Waiter
     index: int = 0
     mid: int = 0
+    seq: int = 0
+    """Row of the durable outbox holding this message (0: not stored)."""
 
 
 @dataclass(slots=True)
@@ -152,7 +155,8 @@ class Session:
                  username: str | None = None, password: str | None = None,
                  clean_session: bool = True, keep_alive: int | None = None,
                  will: Will | None = None, strip_topic: Callable[[str], str] = str,
-                 loop: NetworkLoop | None = None, dispatcher: Dispatcher | None = None) -> None:
+                 loop: NetworkLoop | None = None, dispatcher: Dispatcher | None = None,
+                 outbox: Outbox | None = None) -> None:
         self.client_id = client_id
         self.options = options
         self.clean_session = clean_session
@@ -162,6 +166,7 @@ class Session:
         self._username = username if username is not None else options.username
         self._password = password if password is not None else options.password
         self._strip = strip_topic
+        self._outbox = outbox
         self._loop = loop or NetworkLoop.shared()
         self._dispatcher = dispatcher or Dispatcher.shared()
         self._lock = threading.RLock()
@@ -441,6 +446,8 @@ class Session:
         finally:
             self._io_lock.release()
         self._after_io(client)
+        if self._outbox is not None:
+            self._outbox.flush()
 
     def _after_io(self, client: PahoClient) -> None:
         """Run the events the I/O produced and flush what they queued (network thread)."""
@@ -588,6 +595,8 @@ class Session:
             self._inflight -= 1
             if out.qos == 2:
                 self._inflight_qos2 -= 1
+        if out.seq and self._outbox is not None:
+            self._outbox.done((out.seq,))  # acknowledged, or refused for good
         if code >= 0x80:
             self.publish_errors += 1
             out.waiter.done(out.index, AuthorizationError(
@@ -681,6 +690,8 @@ class Session:
         limit = self.options.max_buffered_messages
         deadline = time.monotonic() + (self.options.publish_timeout if timeout is None
                                        else timeout)
+        if self._outbox is not None:
+            self._store(outs, waiter, raise_errors)
         with self._lock:
             for position, out in enumerate(outs):
                 try:
@@ -693,6 +704,41 @@ class Session:
                     break
             self._pump()
         return waiter, outs
+
+    def _store(self, outs: list[Outgoing], waiter: Waiter, raise_errors: bool) -> None:
+        """Commit QoS>0 messages to the durable outbox before they are queued."""
+        assert self._outbox is not None
+        durable = [out for out in outs if out.qos > 0]
+        if not durable:
+            return
+        try:
+            seqs = self._outbox.add(self.client_id, [(o.topic, o.payload, o.qos, o.retain)
+                                                     for o in durable])
+        except MQTTClientError as exc:
+            for out in outs:
+                waiter.done(out.index, exc)
+            outs.clear()
+            if raise_errors:
+                raise
+            return
+        for out, seq in zip(durable, seqs, strict=True):
+            out.seq = seq
+
+    def resend_stored(self) -> int:
+        """Queue what the durable outbox kept from an earlier run of this client_id."""
+        if self._outbox is None:
+            return 0
+        rows = self._outbox.pending(self.client_id)
+        waiter = Waiter(len(rows))  # nobody waits: the caller of the earlier run is gone
+        with self._lock:
+            self._outgoing.extendleft(
+                Outgoing(topic, payload, qos, retain, waiter, index, seq=seq)
+                for index, (seq, topic, payload, qos, retain) in reversed(list(enumerate(rows))))
+            self._pump()
+        if rows:
+            logger.info("session %s: resending %d message(s) from the durable outbox",
+                        self.client_id, len(rows))
+        return len(rows)
 
     def _accept(self, out: Outgoing, deadline: float, limit: int) -> None:
         """Queue one message (lock held), waiting for room in the outgoing buffer."""
@@ -949,6 +995,8 @@ class Session:
             with self._io_lock:
                 client._sock_close()
         self._loop.remove_pollable(self)
+        if self._outbox is not None:
+            self._outbox.flush()
         with self._lock:
             self.connected = False
             self.closed = True

@@ -27,6 +27,7 @@ from ._errors import (
 )
 from ._options import ClientOptions
 from ._organisation import Organisation
+from ._outbox import Outbox
 from ._registry import Schema, check_path_part
 from ._session import Session, Subscription, Will
 from ._snapshot import MarkerChannel
@@ -90,6 +91,7 @@ class MQTTClient:
         self._control: Session | None = None
         self._markers: MarkerChannel | None = None
         self._registry: Organisation | None = None
+        self._durable: Outbox | None = None
         self._closed = False
         _live_clients.add(self)
 
@@ -120,6 +122,8 @@ class MQTTClient:
             self._registry.close()
         if self._control is not None:
             self._control.close(self.options.close_timeout)
+        if self._durable is not None:
+            self._durable.close()
         _live_clients.discard(self)
 
     def _resolver(self) -> Callable[[], list[tuple[str, int]]]:
@@ -135,6 +139,16 @@ class MQTTClient:
         kwargs.setdefault("strip_topic", self._prefix.strip)
         return Session(client_id=client_id, options=self.options, resolver=self._resolver(),
                        **kwargs)
+
+    def _outbox(self) -> Outbox | None:
+        """The durable outbox of ``persistence_path``, opened on first use."""
+        if self.options.persistence_path is None:
+            return None
+        with self._lock:
+            if self._durable is None:
+                self._durable = Outbox(self.options.persistence_path,
+                                       self.options.max_outbox_messages)
+            return self._durable
 
     def _control_session(self) -> tuple[Session, MarkerChannel]:
         """The client's own long-lived connection for retained reads and the registry."""
@@ -224,8 +238,9 @@ class MQTTClient:
             will = registry.device_will(device_id)
         session = self._new_session(client_id, username=username or None,
                                     password=password or None, clean_session=clean_session,
-                                    keep_alive=keep_alive, will=will)
+                                    keep_alive=keep_alive, will=will, outbox=self._outbox())
         session.open()
+        session.resend_stored()
         session_id = uuid.uuid4().hex
         with self._lock:
             self._sessions[session_id] = session

@@ -4,6 +4,7 @@
 device metrics and topic counters live on the broker as retained records.
 """
 
+from ._async_client import AsyncMQTTClient
 from ._errors import (
     AuthenticationError,
     AuthorizationError,
@@ -33,6 +34,7 @@ from .mqtt_client import MQTTClient
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncMQTTClient",
     "AuthenticationError",
     "AuthorizationError",
     "BrokerConnectionError",

@@ -86,10 +86,11 @@ class Will:
 class Waiter:
     """Completion of one or more publishes: counts down, keeps the first error."""
 
-    __slots__ = ("_event", "error", "errors", "remaining")
+    __slots__ = ("_callbacks", "_event", "error", "errors", "remaining")
 
     def __init__(self, count: int) -> None:
         self._event = threading.Event()
+        self._callbacks: list[Callable[[], object]] = []
         self.remaining = count
         self.error: BaseException | None = None
         self.errors: dict[int, BaseException] = {}
@@ -103,9 +104,24 @@ class Waiter:
         self.remaining -= 1
         if self.remaining <= 0:
             self._event.set()
+            self._fire()
 
     def wait(self, timeout: float | None) -> bool:
         return self._event.wait(timeout)
+
+    def add_done_callback(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` (from whichever thread completes the waiter) once all are done."""
+        self._callbacks.append(fn)
+        if self._event.is_set():
+            self._fire()
+
+    def _fire(self) -> None:
+        while self._callbacks:
+            try:
+                fn = self._callbacks.pop()  # atomic: each callback runs exactly once
+            except IndexError:
+                return
+            fn()
 
 
 @dataclass(slots=True)
@@ -219,6 +235,8 @@ class Session:
         self.inbox: collections.deque[Message] = collections.deque(
             maxlen=options.max_pending_callbacks)
         self._inbox_ready = threading.Condition(threading.Lock())
+        self.inbox_listener: Callable[[], None] | None = None
+        """Called (network thread) after a message lands in the inbox; must not block."""
 
     # == connecting ======================================================================
     def open(self) -> None:
@@ -535,11 +553,13 @@ class Session:
         lived = time.time() - (self.connected_at or 0)
         if not self._connack.is_set():  # closed before CONNACK: some brokers refuse v5 so
             refused_v5 = self.protocol == paho.MQTTv5 and self.options.protocol == "auto"
+            host, port = self.endpoint or ("?", 0)
             self._connect_error = (_ProtocolRefused("closed without CONNACK") if refused_v5
                                    else BrokerUnavailableError(
-                                       "connection closed before CONNACK",
-                                       host=(self.endpoint or ("?", 0))[0],
-                                       port=(self.endpoint or ("?", 0))[1]))
+                                       f"the MQTT broker at {host}:{port} closed the "
+                                       "connection before CONNACK (a TLS port without "
+                                       "tls=..., or a broker refusing this client)",
+                                       host=host, port=port))
             self._connack.set()
             if not self._ever_connected:
                 return
@@ -666,6 +686,9 @@ class Session:
                 self.messages_dropped += 1  # the deque drops the oldest
             self.inbox.append(message)
             self._inbox_ready.notify()
+        listener = self.inbox_listener
+        if listener is not None:
+            listener()
 
     def _notify_state(self) -> None:
         callback = self.on_state
@@ -968,6 +991,11 @@ class Session:
             if not self._inbox_ready.wait_for(lambda: bool(self.inbox), timeout):
                 return None
             return self.inbox.popleft()
+
+    def receive_nowait(self) -> Message | None:
+        """The next inbox message if there is one."""
+        with self._inbox_ready:
+            return self.inbox.popleft() if self.inbox else None
 
     # == closing =========================================================================
     def close(self, timeout: float) -> None:

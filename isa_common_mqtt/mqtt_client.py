@@ -186,7 +186,8 @@ class MQTTClient:
             session, markers = self._control_session()
         except MQTTClientError as exc:
             return {"healthy": False, "broker_status": "unreachable",
-                    "active_connections": self._connected_count(), "message": str(exc)}
+                    "active_connections": self._connected_count(), "message": str(exc),
+                    "error": type(exc).__name__}
         host, port = session.endpoint or ("?", 0)
         result: dict[str, Any] = {
             "healthy": session.connected,
@@ -204,7 +205,8 @@ class MQTTClient:
                 result["registry"] = self._reg().health()
                 result["sys_available"] = self._reg().broker_stats()["available"]
             except MQTTClientError as exc:
-                result.update(healthy=False, broker_status="degraded", message=str(exc))
+                result.update(healthy=False, broker_status="degraded", message=str(exc),
+                              error=type(exc).__name__)
         return result
 
     def _connected_count(self) -> int:

@@ -35,7 +35,7 @@ def run_python(code: str, *, wait: bool = True) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if wait:
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
     return proc
 
@@ -187,7 +187,7 @@ def test_device_counters_survive_the_session_and_the_client(
     first.register_device("meter", "Meter", "sensor")
     sid = first.connect("meter-conn", device_id="meter")["session_id"]
     first.subscribe(sid, "meter/in", qos=1)
-    for i in range(5):
+    for _ in range(5):
         first.publish(sid, "meter/out", b"12345", qos=1)
     first.publish(sid, "meter/in", b"echo", qos=1)
     assert eventually(lambda: first.get_device_metrics("meter")["messages_received"] == 1)

@@ -1,0 +1,7 @@
+"""``python -m isa_common_mqtt.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -15,6 +15,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import selectors
 import socket
 import threading
@@ -27,8 +28,10 @@ logger = logging.getLogger(__name__)
 Sock = Any
 """A socket or paho's SocketLike wrapper (anything with fileno())."""
 
-MISC_INTERVAL = 1.0
-"""Seconds between keepalive checks of each session."""
+IDLE_WAKE = 1.0
+"""Longest sleep of the loop with nothing scheduled."""
+CHECK_QUANTUM = 0.25
+"""Keepalive checks are rounded up to this grid so that many sessions share a wakeup."""
 
 
 class Pollable(Protocol):
@@ -36,7 +39,8 @@ class Pollable(Protocol):
 
     def handle_readable(self) -> None: ...
     def handle_writable(self) -> None: ...
-    def handle_misc(self) -> None: ...
+    def handle_misc(self) -> float | None:
+        """Keepalive work; return seconds until the next check (None: stop checking)."""
 
 
 class NetworkLoop:
@@ -65,6 +69,7 @@ class NetworkLoop:
         self._timer_seq = itertools.count()
         self._lock = threading.Lock()
         self._pollables: dict[int, Pollable] = {}
+        self._checks: list[tuple[float, int, int]] = []  # (due, seq, id(pollable))
         self._want_write: set[Sock] = set()
         self._thread = threading.Thread(target=self._run, name="isa-mqtt-network", daemon=True)
         self._thread.start()
@@ -108,9 +113,11 @@ class NetworkLoop:
             self.call_soon(lambda: self._set_write(sock, True))
 
     def add_pollable(self, pollable: Pollable) -> None:
-        """Include ``pollable`` in the periodic keepalive pass."""
+        """Give ``pollable`` keepalive checks; it says when it next needs one."""
         with self._lock:
             self._pollables[id(pollable)] = pollable
+        self.call_soon(lambda: heapq.heappush(
+            self._checks, (time.monotonic() + IDLE_WAKE, next(self._timer_seq), id(pollable))))
 
     def remove_pollable(self, pollable: Pollable) -> None:
         with self._lock:
@@ -145,15 +152,16 @@ class NetworkLoop:
                 self._selector.modify(sock, events, key.data)
 
     def _run(self) -> None:
-        next_misc = time.monotonic() + MISC_INTERVAL
         while True:
-            timeout = next_misc - time.monotonic()
+            now = time.monotonic()
+            due = now + IDLE_WAKE
             if self._timers:
-                timeout = min(timeout, self._timers[0][0] - time.monotonic())
-            if self._calls:
-                timeout = 0
+                due = min(due, self._timers[0][0])
+            if self._checks:
+                due = min(due, self._checks[0][0])
+            timeout = 0 if self._calls else max(due - now, 0)
             try:
-                events = self._selector.select(max(timeout, 0))
+                events = self._selector.select(timeout)
             except InterruptedError:
                 continue
             for key, mask in events:
@@ -173,13 +181,25 @@ class NetworkLoop:
             while self._timers and self._timers[0][0] <= now:
                 _, _, fn = heapq.heappop(self._timers)
                 self._safely(fn)
-            if now >= next_misc:
-                next_misc = now + MISC_INTERVAL
-                with self._lock:
-                    pollables = list(self._pollables.values())
-                for p in pollables:
-                    self._safely(p.handle_misc)
+            self._run_checks(now)
             self._flush_want_write()
+
+    def _run_checks(self, now: float) -> None:
+        """Keepalive checks that are due; each session schedules its own next one."""
+        checks = self._checks
+        while checks and checks[0][0] <= now:
+            _, _, key = heapq.heappop(checks)
+            pollable = self._pollables.get(key)
+            if pollable is None:
+                continue  # removed
+            try:
+                delay = pollable.handle_misc()
+            except Exception:
+                logger.exception("network loop: keepalive check failed")
+                delay = IDLE_WAKE
+            if delay is not None:
+                due = math.ceil((now + delay) / CHECK_QUANTUM) * CHECK_QUANTUM  # batch wakeups
+                heapq.heappush(checks, (due, next(self._timer_seq), key))
 
     def _drain_wake(self) -> None:
         self._wake_pending = False

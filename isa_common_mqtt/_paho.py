@@ -75,6 +75,8 @@ class PahoClient(paho.Client):
         super().__init__(*args, **kwargs)
         self._rbuf = b""
         self._rpos = 0
+        self.last_recv = time.monotonic()
+        """When bytes last arrived (paho resets its own clock when it sends a ping)."""
 
     # -- publishing ---------------------------------------------------------------------
     def enqueue_publish(self, topic: bytes, payload: bytes, qos: int, retain: bool) -> int:
@@ -213,6 +215,7 @@ class PahoClient(paho.Client):
             if not data:
                 return data  # closed by the peer
             self._rbuf, self._rpos = data, 0
+            self.last_recv = time.monotonic()
         start = self._rpos
         self._rpos = min(start + bufsize, len(self._rbuf))
         return self._rbuf[start:self._rpos]
@@ -224,3 +227,7 @@ class PahoClient(paho.Client):
     def _sock_close(self) -> None:
         self._rbuf, self._rpos = b"", 0
         super()._sock_close()
+
+    def reconnect(self) -> MQTTErrorCode:
+        self.last_recv = time.monotonic()  # a new connection starts its silence clock
+        return super().reconnect()

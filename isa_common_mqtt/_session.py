@@ -167,6 +167,18 @@ class Request:
 class Session:
     """One MQTT connection (see module docstring)."""
 
+    __slots__ = ("_backoff", "_by_mid", "_client", "_connack", "_connect_error", "_connecting",
+                 "_dispatcher", "_draining", "_events", "_ever_connected", "_inbox",
+                 "_inbox_ready", "_index", "_inflight", "_inflight_qos2", "_io_lock", "_lock",
+                 "_loop", "_outbox", "_outgoing", "_password", "_pumping", "_qos0_unwritten",
+                 "_repump", "_requests", "_resolver", "_room", "_short_lived", "_strip",
+                 "_username", "_window", "bytes_received", "bytes_sent", "clean_session",
+                 "client_id", "closed", "closing", "connected", "connected_at", "endpoint",
+                 "inbox_listener", "keep_alive", "messages_dropped", "messages_received",
+                 "messages_sent", "on_received", "on_sent", "on_state", "options", "protocol",
+                 "publish_errors", "qos2_supported", "reconnects", "session_present",
+                 "stopped_reason", "subscriptions", "taps", "will")
+
     def __init__(self, *, client_id: str, options: ClientOptions, resolver: EndpointResolver,
                  username: str | None = None, password: str | None = None,
                  clean_session: bool = True, keep_alive: int | None = None,
@@ -186,7 +198,8 @@ class Session:
         self._loop = loop or NetworkLoop.shared()
         self._dispatcher = dispatcher or Dispatcher.shared()
         self._lock = threading.RLock()
-        self._room = threading.Condition(self._lock)
+        self._room: threading.Condition | None = None
+        """Waited on for buffer room and acknowledgements; created by the first waiter."""
         self._io_lock = threading.Lock()  # paho's loop_* calls; never held while waiting
         self._connecting = False
         self._events: collections.deque[Callable[[], None]] = collections.deque()
@@ -202,7 +215,8 @@ class Session:
         self.closing = False
         self.closed = False
         self.stopped_reason: MQTTClientError | None = None
-        self._connack = threading.Event()
+        self._connack: threading.Event | None = None
+        """Set by CONNACK (or a close before it) while open() waits; None afterwards."""
         self._connect_error: BaseException | None = None
         self._ever_connected = False
         self._backoff = options.reconnect_min_delay
@@ -211,7 +225,8 @@ class Session:
         self._inflight = 0
         self._inflight_qos2 = 0
         self._qos0_unwritten = 0
-        self._outgoing: collections.deque[Outgoing] = collections.deque()
+        self._outgoing: collections.deque[Outgoing] | None = None
+        """Accepted, not yet handed to paho; made by the first publish (idle sessions are many)."""
         self._by_mid: dict[int, Outgoing] = {}
         self._requests: dict[int, Request] = {}
         self.subscriptions: dict[str, Subscription] = {}
@@ -232,9 +247,8 @@ class Session:
         self.on_received: Callable[[str, int], None] | None = None
         self.on_state: Callable[[Session], None] | None = None
         """Called after the session connects or goes down (off the network thread)."""
-        self.inbox: collections.deque[Message] = collections.deque(
-            maxlen=options.max_pending_callbacks)
-        self._inbox_ready = threading.Condition(threading.Lock())
+        self._inbox: collections.deque[Message] | None = None
+        self._inbox_ready: threading.Condition | None = None
         self.inbox_listener: Callable[[], None] | None = None
         """Called (network thread) after a message lands in the inbox; must not block."""
 
@@ -249,6 +263,7 @@ class Session:
             for protocol in protocols:
                 try:
                     self._connect_once(host, port, protocol, deadline)
+                    self._connack = None
                     return
                 except _ProtocolRefused as exc:
                     last = exc
@@ -309,7 +324,7 @@ class Session:
     def _connect_once(self, host: str, port: int, protocol: int, deadline: float) -> None:
         self.protocol = protocol
         self.endpoint = (host, port)
-        self._connack.clear()
+        connack = self._connack = threading.Event()
         self._connect_error = None
         client = self._client = self._new_client(protocol)
         client.connect_timeout = max(deadline - time.monotonic(), 0.05)
@@ -323,7 +338,7 @@ class Session:
                 f"cannot connect to the MQTT broker at {host}:{port}: {exc}; check that the "
                 "broker runs and that host and port are right", host=host, port=port) from exc
         self._drain()
-        if not self._connack.wait(max(deadline - time.monotonic(), 0)):
+        if not connack.wait(max(deadline - time.monotonic(), 0)):
             self._abandon(client)
             raise BrokerUnavailableError(
                 f"the MQTT broker at {host}:{port} did not answer CONNECT within "
@@ -452,20 +467,38 @@ class Session:
             self._io_lock.release()
         self._after_io(client)
 
-    def handle_misc(self) -> None:
+    def handle_misc(self) -> float | None:
+        """Keepalive, cheaply: paho's ``loop_misc`` only when a ping is near or pending.
+
+        Also a black-hole detector: a connected session that received nothing for 1.5x
+        keepalive (it pings at 1x when idle, so a live broker always answers in time)
+        is treated as lost and reconnects.
+        """
         client = self._client
-        if client is None:
-            return
-        self._io_lock.acquire()
-        try:
-            if self._connecting:
-                return
-            client.loop_misc()
-        finally:
-            self._io_lock.release()
-        self._after_io(client)
+        if client is None or self.closed:
+            return None
+        keep_alive = self.keep_alive
+        check_every = min(max(keep_alive / 8, 0.25), 10.0)
+        now = time.monotonic()
         if self._outbox is not None:
             self._outbox.flush()
+        if self._connecting or client.socket() is None:
+            return check_every
+        silent = now - client.last_recv
+        if self.connected and silent > 1.5 * keep_alive:
+            logger.warning("session %s: nothing received for %.1f s (keepalive %d s): "
+                           "treating the connection as lost", self.client_id, silent, keep_alive)
+            with self._io_lock:
+                client._loop_rc_handle(paho.MQTT_ERR_KEEPALIVE)
+            self._after_io(client)
+            return check_every
+        if client._ping_t or now - client._last_msg_out >= keep_alive - check_every \
+                or silent >= keep_alive - check_every:
+            with self._io_lock:
+                if not self._connecting:
+                    client.loop_misc()
+            self._after_io(client)
+        return check_every
 
     def _after_io(self, client: PahoClient) -> None:
         """Run the events the I/O produced and flush what they queued (network thread)."""
@@ -509,7 +542,7 @@ class Session:
         if code != 0:
             if not self._ever_connected:
                 self._connect_error = self._connack_error(code, str(reason))
-                self._connack.set()
+                self._set_connack()
             else:
                 logger.warning("session %s: broker refused reconnect: %s", self.client_id, reason)
                 if code in _AUTH_FAILURES:
@@ -525,12 +558,16 @@ class Session:
         self._window = min(int(receive_max), MAX_WINDOW) if receive_max else MAX_WINDOW
         if not first and not self.session_present and self.subscriptions:
             self._resubscribe()
-        self._connack.set()
+        self._set_connack()
         self._pump()
-        self._room.notify_all()
+        self._notify_room()
         if not first:
             logger.info("session %s: reconnected to %s:%d", self.client_id, *self.endpoint or ())
         self._notify_state()
+
+    def _set_connack(self) -> None:
+        if self._connack is not None:
+            self._connack.set()
 
     def _connack_error(self, code: int, text: str) -> BaseException:
         host, port = self.endpoint or ("?", 0)
@@ -551,7 +588,8 @@ class Session:
         was_connected = self.connected
         self.connected = False
         lived = time.time() - (self.connected_at or 0)
-        if not self._connack.is_set():  # closed before CONNACK: some brokers refuse v5 so
+        if not self._ever_connected and self._connack is not None \
+                and not self._connack.is_set():  # closed before CONNACK: some refuse v5 so
             refused_v5 = self.protocol == paho.MQTTv5 and self.options.protocol == "auto"
             host, port = self.endpoint or ("?", 0)
             self._connect_error = (_ProtocolRefused("closed without CONNACK") if refused_v5
@@ -560,9 +598,8 @@ class Session:
                                        "connection before CONNACK (a TLS port without "
                                        "tls=..., or a broker refusing this client)",
                                        host=host, port=port))
-            self._connack.set()
-            if not self._ever_connected:
-                return
+            self._set_connack()
+            return
         self._fail_unsent(NotConnectedError("the connection was lost before the message was "
                                             "written; QoS 0 messages are never queued"))
         for request in self._requests.values():
@@ -570,7 +607,7 @@ class Session:
                                               "answered")
             request.event.set()
         self._requests.clear()
-        self._room.notify_all()
+        self._notify_room()
         if self.closing:
             return
         if reason.value == _TAKEN_OVER or self._looks_taken_over(was_connected, lived):
@@ -629,7 +666,7 @@ class Session:
                 self.on_sent(out.topic, len(out.payload))
             out.waiter.done(out.index)
         self._pump()
-        self._room.notify_all()
+        self._notify_room()
 
     def _handle_ack(self, mid: int, codes: list[int]) -> None:
         request = self._requests.pop(mid, None)
@@ -680,12 +717,22 @@ class Session:
             # the application subscribed again in this process: keep them for receive().
             self._deliver_to_inbox(message)
 
+    def _inbox_parts(self) -> tuple[collections.deque[Message], threading.Condition]:
+        """The inbox of messages without callback, made on first use (most sessions never
+        need one, and each costs a deque and a condition)."""
+        with self._lock:
+            if self._inbox is None or self._inbox_ready is None:
+                self._inbox = collections.deque(maxlen=self.options.max_pending_callbacks)
+                self._inbox_ready = threading.Condition(threading.Lock())
+            return self._inbox, self._inbox_ready
+
     def _deliver_to_inbox(self, message: Message) -> None:
-        with self._inbox_ready:
-            if len(self.inbox) == self.inbox.maxlen:
+        inbox, ready = self._inbox_parts()
+        with ready:
+            if len(inbox) == inbox.maxlen:
                 self.messages_dropped += 1  # the deque drops the oldest
-            self.inbox.append(message)
-            self._inbox_ready.notify()
+            inbox.append(message)
+            ready.notify()
         listener = self.inbox_listener
         if listener is not None:
             listener()
@@ -754,7 +801,7 @@ class Session:
         rows = self._outbox.pending(self.client_id)
         waiter = Waiter(len(rows))  # nobody waits: the caller of the earlier run is gone
         with self._lock:
-            self._outgoing.extendleft(
+            self._queue().extendleft(
                 Outgoing(topic, payload, qos, retain, waiter, index, seq=seq)
                 for index, (seq, topic, payload, qos, retain) in reversed(list(enumerate(rows))))
             self._pump()
@@ -775,16 +822,16 @@ class Session:
             raise ProtocolNotSupportedError(
                 "this broker does not support QoS 2; publish with qos=1, or pass "
                 "downgrade_qos2=True to MQTTClient to downgrade automatically")
-        while len(self._outgoing) + self._inflight >= limit:
+        while self._queued() + self._inflight >= limit:
             self._pump()  # hand over what is queued before waiting for room
-            if len(self._outgoing) + self._inflight < limit:
+            if self._queued() + self._inflight < limit:
                 break
-            if not self._room.wait(max(deadline - time.monotonic(), 0)):
+            if not self._room_condition().wait(max(deadline - time.monotonic(), 0)):
                 raise BufferFullError(
                     f"session {self.client_id!r} has {limit} unacknowledged messages "
                     "(max_buffered_messages); wait for the broker or raise the bound")
             self._check_usable()
-        self._outgoing.append(out)
+        self._queue().append(out)
 
     def _pump(self) -> None:
         """Hand queued messages to paho while the in-flight windows allow (lock held)."""
@@ -871,7 +918,7 @@ class Session:
     def outstanding(self) -> int:
         """QoS>0 messages accepted but not yet acknowledged, and QoS 0 not yet written."""
         with self._lock:
-            return len(self._outgoing) + len(self._by_mid)
+            return self._queued() + len(self._by_mid)
 
     def _fail_unsent(self, error: BaseException) -> None:
         """Fail QoS 0 messages not yet written (paho forgets them on reconnect)."""
@@ -879,8 +926,9 @@ class Session:
             out = self._by_mid.pop(mid)
             self._qos0_unwritten -= 1
             out.waiter.done(out.index, error)
-        keep = collections.deque(o for o in self._outgoing if o.qos > 0)
-        for out in self._outgoing:
+        queued = self._outgoing or ()
+        keep = collections.deque(o for o in queued if o.qos > 0)
+        for out in queued:
             if out.qos == 0:
                 out.waiter.done(out.index, error)
         self._outgoing = keep
@@ -889,16 +937,33 @@ class Session:
         self._inflight_qos2 = sum(1 for o in self._by_mid.values() if o.qos == 2)
 
     def _fail_all(self, error: BaseException) -> None:
-        for out in list(self._by_mid.values()) + list(self._outgoing):
+        for out in list(self._by_mid.values()) + list(self._outgoing or ()):
             out.waiter.done(out.index, error)
         self._by_mid.clear()
-        self._outgoing.clear()
+        self._outgoing = None
         self._inflight = self._inflight_qos2 = self._qos0_unwritten = 0
         for request in self._requests.values():
             request.error = error
             request.event.set()
         self._requests.clear()
-        self._room.notify_all()
+        self._notify_room()
+
+    def _queue(self) -> collections.deque[Outgoing]:
+        if self._outgoing is None:
+            self._outgoing = collections.deque()
+        return self._outgoing
+
+    def _queued(self) -> int:
+        return len(self._outgoing) if self._outgoing is not None else 0
+
+    def _room_condition(self) -> threading.Condition:
+        if self._room is None:
+            self._room = threading.Condition(self._lock)
+        return self._room
+
+    def _notify_room(self) -> None:
+        if self._room is not None:
+            self._room.notify_all()
 
     def _check_usable(self) -> None:
         if self.stopped_reason is not None:
@@ -987,15 +1052,17 @@ class Session:
 
     def receive(self, timeout: float | None) -> Message | None:
         """The next message of a subscription without callback, or None after ``timeout``."""
-        with self._inbox_ready:
-            if not self._inbox_ready.wait_for(lambda: bool(self.inbox), timeout):
+        inbox, ready = self._inbox_parts()
+        with ready:
+            if not ready.wait_for(lambda: bool(inbox), timeout):
                 return None
-            return self.inbox.popleft()
+            return inbox.popleft()
 
     def receive_nowait(self) -> Message | None:
         """The next inbox message if there is one."""
-        with self._inbox_ready:
-            return self.inbox.popleft() if self.inbox else None
+        inbox, ready = self._inbox_parts()
+        with ready:
+            return inbox.popleft() if inbox else None
 
     # == closing =========================================================================
     def close(self, timeout: float) -> None:
@@ -1004,10 +1071,10 @@ class Session:
         with self._lock:
             if self.closed:
                 return
-            while (self._outgoing or self._by_mid) and self.connected:
-                if not self._room.wait(max(deadline - time.monotonic(), 0)):
+            while (self._queued() or self._by_mid) and self.connected:
+                if not self._room_condition().wait(max(deadline - time.monotonic(), 0)):
                     logger.warning("session %s: closing with %d unacknowledged message(s)",
-                                   self.client_id, len(self._outgoing) + len(self._by_mid))
+                                   self.client_id, self._queued() + len(self._by_mid))
                     break
             self.closing = True
             client = self._client

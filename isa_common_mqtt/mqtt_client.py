@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -92,6 +92,10 @@ class MQTTClient:
         self._markers: MarkerChannel | None = None
         self._registry: Organisation | None = None
         self._durable: Outbox | None = None
+        self._consul = ConsulSettings(host=self.options.consul_host,
+                                      port=self.options.consul_port,
+                                      token=self.options.consul_token,
+                                      service=self.options.consul_service)
         self._closed = False
         _live_clients.add(self)
 
@@ -126,18 +130,16 @@ class MQTTClient:
             self._durable.close()
         _live_clients.discard(self)
 
-    def _resolver(self) -> Callable[[], list[tuple[str, int]]]:
-        consul = ConsulSettings(host=self.options.consul_host, port=self.options.consul_port,
-                                token=self.options.consul_token,
-                                service=self.options.consul_service)
-        return lambda: [(e.host, e.port) for e in resolve_endpoints(self.host, self.port,
-                                                                    consul=consul)]
+    def _resolve(self) -> list[tuple[str, int]]:
+        """Broker endpoints to try, asked again on every (re)connect (see _discovery.py)."""
+        return [(e.host, e.port) for e in resolve_endpoints(self.host, self.port,
+                                                            consul=self._consul)]
 
     def _new_session(self, client_id: str, **kwargs: Any) -> Session:
         if self._closed:
             raise BrokerConnectionError("this MQTTClient is closed; create a new one")
         kwargs.setdefault("strip_topic", self._prefix.strip)
-        return Session(client_id=client_id, options=self.options, resolver=self._resolver(),
+        return Session(client_id=client_id, options=self.options, resolver=self._resolve,
                        **kwargs)
 
     def _outbox(self) -> Outbox | None:

@@ -152,6 +152,48 @@ class PahoClient(paho.Client):
             on_publish(self, self._userdata, mid, _reason(code), None)  # type: ignore[call-arg,arg-type]
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def _handle_publish(self) -> MQTTErrorCode:
+        """An incoming PUBLISH without paho's Properties and Condition objects per message.
+
+        MQTT 5 properties of incoming messages are skipped (the API does not expose them).
+        """
+        command = self._in_packet["command"]
+        packet = self._in_packet["packet"]
+        qos = (command & 0x06) >> 1
+        if qos == 3 or len(packet) < 2:
+            return MQTTErrorCode.MQTT_ERR_PROTOCOL
+        end = 2 + ((packet[0] << 8) | packet[1])
+        message = MQTTMessage.__new__(MQTTMessage)
+        message._topic = bytes(packet[2:end])
+        message.mid = 0
+        if qos:
+            message.mid = (packet[end] << 8) | packet[end + 1]
+            end += 2
+        if self._protocol == paho.MQTTv5:
+            length, shift = 0, 0
+            while True:  # variable byte integer: length of the properties
+                byte = packet[end]
+                end += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            end += length
+        message.payload = bytes(packet[end:])
+        message.qos, message.retain, message.dup = qos, bool(command & 1), bool(command & 8)
+        message.timestamp, message.info, message.properties = time.monotonic(), _INFO, None
+        message.state = paho.mqtt_ms_invalid
+        if qos == 2:
+            rc = self._send_pubrec(message.mid)
+            message.state = paho.mqtt_ms_wait_for_pubrel
+            with self._in_message_mutex:
+                self._in_messages[message.mid] = message
+            return rc
+        on_message = self.on_message
+        if on_message is not None:
+            on_message(self, self._userdata, message)
+        return self._send_puback(message.mid) if qos == 1 else MQTTErrorCode.MQTT_ERR_SUCCESS
+
     # -- socket I/O -----------------------------------------------------------------------
     def _packet_write(self) -> MQTTErrorCode:
         """Write queued packets, many per ``send()``; same outcome as paho's version."""

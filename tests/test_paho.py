@@ -170,3 +170,40 @@ def test_messages_queued_while_disconnected_are_kept_for_the_resend() -> None:
     message = client._out_messages[mid]
     assert message.state == paho.mqtt_ms_publish  # what paho resends after CONNACK
     assert (message.topic, message.payload, message.qos) == ("later", b"p", 1)
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_incoming_publishes_are_parsed_as_paho_would(
+        wired: tuple[PahoClient, socket.socket], qos: int) -> None:
+    """Including MQTT 5 properties, which are skipped, and the QoS 1 and 2 answers."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client, peer = wired
+    got: list[tuple[str, bytes, int, bool]] = []
+    client.on_message = lambda c, u, m: got.append((m.topic, m.payload, m.qos, m.retain))
+    reference = paho.Client(CallbackAPIVersion.VERSION2, protocol=client._protocol)
+    captured: list[bytes] = []
+    reference._sock = object()  # type: ignore[assignment]
+    reference._packet_queue = lambda cmd, packet, *a, **k: captured.append(bytes(packet))  # type: ignore[method-assign]
+    properties = None
+    if client._protocol == paho.MQTTv5:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.UserProperty = ("k", "v" * 200)  # long enough for a 2-byte length
+        properties.ContentType = "text/plain"
+    reference._send_publish(7, "in/é".encode(), b"payload", qos, True, False, None, properties)
+    reference._sock = None
+    peer.sendall(captured[0])
+    while not got and not client._in_messages:
+        client.loop_read()
+    if qos == 2:
+        assert read_exactly(peer, 4) == struct.pack("!BBH", 0x50, 2, 7)  # PUBREC
+        peer.sendall(struct.pack("!BBH", 0x62, 2, 7))  # PUBREL
+        while not got:
+            client.loop_read()
+        client.loop_write()
+        assert read_exactly(peer, 4) == struct.pack("!BBH", 0x70, 2, 7)  # PUBCOMP
+    elif qos == 1:
+        client.loop_write()
+        assert read_exactly(peer, 4) == struct.pack("!BBH", 0x40, 2, 7)  # PUBACK
+    assert got == [("in/é", b"payload", qos, True)]

@@ -208,6 +208,9 @@ class AsyncMQTTClient:
         return await self._run(self.sync.register_device, device_id, device_name, device_type,
                                metadata)
 
+    async def register_devices(self, devices: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        return await self._run(self.sync.register_devices, list(devices))
+
     async def unregister_device(self, device_id: str) -> bool:
         return await self._run(self.sync.unregister_device, device_id)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -177,6 +177,41 @@ class Organisation:
                     device_record(device_id, name, device_type, meta, registered_at,
                                   self.user_id))
         return self._device_dict(device_id)
+
+    def register_many(self, devices: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """Register many devices with one pipelined batch of writes (see register)."""
+        view = self.ensure_synced()
+        writes: list[tuple[str, bytes]] = []
+        errors: list[dict[str, Any]] = []
+        for index, device in enumerate(devices):
+            try:
+                if not isinstance(device, Mapping):
+                    raise InvalidArgumentError(f"device must be a dict, not {device!r}")
+                device_id = check_path_part(device.get("device_id"))
+                name = _check_text(device.get("device_name"), "device_name")
+                device_type = _check_text(device.get("device_type", "sensor"), "device_type")
+                meta = _check_metadata(device.get("metadata"))
+            except InvalidArgumentError as exc:
+                errors.append({"index": index, "device_id": device.get("device_id")
+                               if isinstance(device, Mapping) else None, "error": str(exc)})
+                continue
+            existing = view.devices.get(device_id)
+            registered_at = float(existing["registered_at"]) if existing else time.time()
+            writes.append((self.schema.device(device_id),
+                           device_record(device_id, name, device_type, meta, registered_at,
+                                         self.user_id)))
+        for topic, payload in writes:
+            if self.synced:
+                self._own[topic] = payload
+            self.view.apply(topic, payload)
+        waiter, outs = self.control.publish([(t, p, 1, True) for t, p in writes],
+                                            raise_errors=False)
+        self.control.wait_published(waiter, outs, None, raise_first=False)
+        for index, error in sorted(waiter.errors.items()):
+            errors.append({"index": index, "device_id": writes[index][0].rsplit("/", 1)[-1],
+                           "error": str(error)})
+        return {"success": not errors, "registered_count": len(writes) - len(waiter.errors),
+                "failed_count": len(errors), "errors": errors}
 
     def unregister(self, device_id: str) -> bool:
         device_id = check_path_part(device_id)

@@ -455,6 +455,11 @@ class MQTTClient:
         return {"success": True, "device": device,
                 "message": f"device {device_id!r} registered"}
 
+    def register_devices(self, devices: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """Register many devices at once (items: device_id, device_name, device_type,
+        metadata), pipelining the writes; invalid items are reported in ``errors``."""
+        return self._reg().register_many(devices)
+
     def unregister_device(self, device_id: str) -> bool:
         """Remove every registry record of the device; False if it was not registered."""
         return self._reg().unregister(device_id)

@@ -311,3 +311,16 @@ def test_broker_figures_come_from_sys(client: MQTTClient) -> None:
     assert figures["version"].startswith("mosquitto version")
     assert figures["uptime_seconds"] >= 0
     assert json.dumps(figures)  # plain values
+
+
+def test_register_devices_pipelines_and_reports_bad_items(client: MQTTClient,
+                                                          other: MQTTClient) -> None:
+    result = client.register_devices([
+        {"device_id": "b-1", "device_name": "B1", "device_type": "sensor"},
+        {"device_id": "bad/id", "device_name": "X"},
+        {"device_id": "b-2", "device_name": "B2", "metadata": {"z": 1}},
+        {"device_name": "no id"}])
+    assert (result["registered_count"], result["failed_count"]) == (2, 2)
+    assert [e["index"] for e in result["errors"]] == [1, 3]
+    assert eventually(lambda: other.list_devices()["total_count"] == 2)
+    assert other.get_device_info("b-2")["metadata"] == {"z": 1}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import paho.mqtt.client as paho
@@ -77,6 +78,8 @@ class PahoClient(paho.Client):
         self._rpos = 0
         self.last_recv = time.monotonic()
         """When bytes last arrived (paho resets its own clock when it sends a ping)."""
+        self.mid_in_use: Callable[[int], bool] = lambda mid: False
+        """Whether the session still waits on ``mid`` (QoS 0 not yet written)."""
 
     # -- publishing ---------------------------------------------------------------------
     def enqueue_publish(self, topic: bytes, payload: bytes, qos: int, retain: bool) -> int:
@@ -87,6 +90,8 @@ class PahoClient(paho.Client):
         ``loop_write()``; while disconnected nothing is queued on the socket.
         """
         mid = self._mid_generate()
+        while mid in self._out_messages or self.mid_in_use(mid):
+            mid = self._mid_generate()  # never reuse an id still outstanding (wrap at 65535)
         v5 = self._protocol == paho.MQTTv5
         head = 2 + len(topic) + (2 if qos else 0) + (1 if v5 else 0)
         packet = b"".join((

@@ -303,6 +303,7 @@ class Session:
             client.tls_set_context(self.options.tls.ssl_context())
         if self.will is not None:
             client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
+        client.mid_in_use = self._by_mid.__contains__
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write

@@ -207,3 +207,13 @@ def test_incoming_publishes_are_parsed_as_paho_would(
         client.loop_write()
         assert read_exactly(peer, 4) == struct.pack("!BBH", 0x40, 2, 7)  # PUBACK
     assert got == [("in/é", b"payload", qos, True)]
+
+
+def test_message_ids_still_outstanding_are_skipped_after_the_wrap() -> None:
+    client = PahoClient(CallbackAPIVersion.VERSION2)
+    client.max_inflight_messages_set(0)
+    held = [client.enqueue_publish(b"t", b"p", 1, False) for _ in range(3)]
+    assert held == [1, 2, 3]
+    client.mid_in_use = lambda mid: mid == 4  # e.g. a QoS 0 packet not yet written
+    client._last_mid = 65_534
+    assert [client.enqueue_publish(b"t", b"p", 1, False) for _ in range(2)] == [65_535, 5]

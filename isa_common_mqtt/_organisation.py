@@ -17,7 +17,13 @@ from datetime import datetime
 from typing import Any
 
 from ._codec import decode_record, encode_json, encode_record
-from ._errors import DeviceNotFoundError, InvalidArgumentError, MQTTClientError
+from ._errors import (
+    AuthorizationError,
+    DeviceNotFoundError,
+    InvalidArgumentError,
+    MQTTClientError,
+    ProtocolNotSupportedError,
+)
 from ._options import ClientOptions
 from ._registry import (
     Counters,
@@ -132,14 +138,34 @@ class Organisation:
         with self._sync_lock:
             if not self.synced:
                 started = time.perf_counter()
-                self.markers.sync_slices(self.schema.shard_filters(), self._on_record,
-                                         window=SYNC_WINDOW,
-                                         timeout=self.options.request_timeout,
-                                         what="registry records")
+                self._sync()
                 self.synced = True
                 logger.info("registry %s synced in %.3f s (%d devices)", self.schema.root,
                             time.perf_counter() - started, len(self.view.devices))
         return self.view
+
+    def _sync(self) -> None:
+        flavour = self.control.capabilities.flavour
+        if flavour == "rabbitmq":
+            raise ProtocolNotSupportedError(
+                "this broker (RabbitMQ's MQTT plugin) sends retained messages only to "
+                "exact-topic subscriptions, so clients cannot read the shared registry; "
+                "use Mosquitto or NATS for the registry (docs/compatibility.md)")
+        timeout = self.options.request_timeout
+        if flavour != "nats":
+            try:
+                self.markers.sync_slices(self.schema.shard_filters(), self._on_record,
+                                         window=SYNC_WINDOW, timeout=timeout,
+                                         what="registry records")
+                return
+            except AuthorizationError as exc:
+                logger.info("registry slices refused (%s); syncing in one subscription", exc)
+                self.control.unsubscribe([f for f in self.schema.shard_filters()
+                                          if f in self.control.subscriptions], timeout=timeout)
+        # One subscription for everything: brokers that cap subscriptions per session
+        # (NATS: 64 QoS 1 subscriptions exceed its JetStream consumer budget).
+        self.markers.sync([f"{self.schema.root}/#"], self._on_record, keep=True,
+                          timeout=timeout, what="registry records")
 
     def _control_state(self, session: Session) -> None:
         if not session.connected:

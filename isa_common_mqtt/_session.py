@@ -37,6 +37,7 @@ from ._errors import (
     BrokerConnectionError,
     BrokerUnavailableError,
     BufferFullError,
+    InvalidTopicError,
     MQTTClientError,
     MQTTTimeoutError,
     NotConnectedError,
@@ -65,8 +66,45 @@ _TAKEN_OVER = 142
 CLASH_WINDOW = 5.0
 CLASH_COUNT = 3
 
-# Endpoints known to refuse MQTT 5, so later sessions start with 3.1.1 at once.
-_v311_only: set[tuple[str, int]] = set()
+
+
+@dataclass(slots=True)
+class Capabilities:
+    """What one broker endpoint can do, learned by the first session of the process.
+
+    Measured behaviour (docs/compatibility.md): RabbitMQ refuses MQTT 5 by closing the
+    socket, grants QoS 1 for QoS 2 and turns '.' into '/' and '*' into '+'; NATS refuses
+    MQTT 5 with CONNACK code 1, grants QoS 1 for QoS 2 and closes the connection on a
+    QoS 2 publish or a topic with '.' or a space.
+    """
+
+    v5_refusal: str | None = None
+    """None: MQTT 5 accepted (or not tried); "closed" (no CONNACK) or "connack" (a code)."""
+    qos2: bool | None = None
+    """Whether QoS 2 is granted end to end (None: not known)."""
+
+    @property
+    def flavour(self) -> str:
+        """'rabbitmq', 'nats' or 'mqtt' (everything else: full MQTT semantics assumed)."""
+        if self.qos2 is False and self.v5_refusal == "closed":
+            return "rabbitmq"
+        if self.qos2 is False and self.v5_refusal == "connack":
+            return "nats"
+        return "mqtt"
+
+    def topic_problem(self, topic: str) -> str | None:
+        """Why this broker cannot carry ``topic`` as written (None: it can)."""
+        flavour = self.flavour
+        if flavour == "nats" and ("." in topic or " " in topic):
+            return "NATS closes the connection on topics with '.' or a space"
+        if flavour == "rabbitmq" and ("." in topic or "*" in topic):
+            return "RabbitMQ turns '.' into '/' and '*' into '+' in topics"
+        return None
+
+
+_capabilities: dict[tuple[str, int], Capabilities] = {}
+"""Per endpoint, so later sessions start with the right protocol at once."""
+PROBE_TOPIC = "isa-probe"
 
 Endpoint = tuple[str, int]
 EndpointResolver = Callable[[], Sequence[Endpoint]]
@@ -155,13 +193,15 @@ def passive_handler(message: Message) -> None:
 class Request:
     """A SUBSCRIBE or UNSUBSCRIBE waiting for its acknowledgement."""
 
-    __slots__ = ("codes", "error", "event", "subscriptions")
+    __slots__ = ("added", "codes", "error", "event", "subscriptions")
 
     def __init__(self, subscriptions: list[Subscription] | None = None) -> None:
         self.event = threading.Event()
         self.codes: list[int] = []
         self.error: BaseException | None = None
         self.subscriptions = subscriptions
+        self.added: list[tuple[Subscription, Subscription | None]] = []
+        """Routing entries this SUBSCRIBE added, with the one each replaced."""
 
 
 class Session:
@@ -176,7 +216,7 @@ class Session:
                  "client_id", "closed", "closing", "connected", "connected_at", "endpoint",
                  "inbox_listener", "keep_alive", "messages_dropped", "messages_received",
                  "messages_sent", "on_received", "on_sent", "on_state", "options", "protocol",
-                 "publish_errors", "qos2_supported", "reconnects", "session_present",
+                 "publish_errors", "reconnects", "session_present",
                  "stopped_reason", "subscriptions", "taps", "will")
 
     def __init__(self, *, client_id: str, options: ClientOptions, resolver: EndpointResolver,
@@ -234,7 +274,6 @@ class Session:
         """Lookup over ``subscriptions``; reset to None whenever they change."""
         self.taps: list[tuple[list[str], MessageHandler]] = []
         """Temporary observers of matching messages (retained reads)."""
-        self.qos2_supported: bool | None = None
         self.messages_sent = 0
         self.messages_received = 0
         self.bytes_sent = 0
@@ -264,10 +303,11 @@ class Session:
                 try:
                     self._connect_once(host, port, protocol, deadline)
                     self._connack = None
+                    self._probe()
                     return
                 except _ProtocolRefused as exc:
                     last = exc
-                    _v311_only.add((host, port))
+                    self.capabilities.v5_refusal = exc.how
                     continue
                 except (AuthenticationError, BrokerUnavailableError) as exc:
                     last = exc
@@ -280,11 +320,46 @@ class Session:
         raise BrokerUnavailableError(f"cannot connect to the MQTT broker at {host}:{port}: {last}",
                                      host=host, port=port)
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the current endpoint can do (shared by the sessions of the process)."""
+        endpoint = self.endpoint or ("?", 0)
+        caps = _capabilities.get(endpoint)
+        if caps is None:
+            caps = _capabilities[endpoint] = Capabilities()
+        return caps
+
+    def _probe(self) -> None:
+        """Learn whether QoS 2 is granted, once per endpoint, where MQTT 5 did not say."""
+        caps = self.capabilities
+        if caps.qos2 is not None:
+            return
+        probe = f"{PROBE_TOPIC}/{self.client_id}"
+        try:
+            request = self.subscribe([Subscription(probe, 2, passive_handler)],
+                                     timeout=self.options.request_timeout)
+            caps.qos2 = request.codes == [2]
+            self.unsubscribe([probe], timeout=self.options.request_timeout)
+        except MQTTClientError as exc:  # e.g. an ACL that refuses the probe topic
+            logger.info("session %s: QoS 2 support unknown (%s)", self.client_id, exc)
+        if caps.flavour != "mqtt":
+            logger.info("broker at %s:%d behaves like %s: QoS 2 %s", *(self.endpoint or ()),
+                        caps.flavour, "downgraded to 1" if self.options.downgrade_qos2
+                        else "refused")
+
+    def check_topic(self, topic: str) -> None:
+        """Refuse a topic this broker would mangle or drop the connection for."""
+        problem = self.capabilities.topic_problem(topic)
+        if problem is not None:
+            raise InvalidTopicError(f"cannot use topic {self._strip(topic)!r} on this broker: "
+                                    f"{problem}", topic=self._strip(topic))
+
     def _protocols(self, host: str, port: int) -> list[int]:
-        if self.options.protocol == "3.1.1" or (host, port) in _v311_only:
-            return [paho.MQTTv311]
         if self.options.protocol == "5":
-            return [paho.MQTTv5]
+            return [paho.MQTTv5]  # asked for explicitly: never fall back
+        if self.options.protocol == "3.1.1" or _capabilities.get((host, port),
+                                                                 Capabilities()).v5_refusal:
+            return [paho.MQTTv311]
         return [paho.MQTTv5, paho.MQTTv311]
 
     def _new_client(self, protocol: int) -> PahoClient:
@@ -557,6 +632,9 @@ class Session:
         self._ever_connected = True
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties else None
         self._window = min(int(receive_max), MAX_WINDOW) if receive_max else MAX_WINDOW
+        if self.protocol == paho.MQTTv5:
+            maximum_qos = getattr(properties, "MaximumQoS", 2) if properties else 2
+            self.capabilities.qos2 = maximum_qos == 2
         if not first and not self.session_present and self.subscriptions:
             self._resubscribe()
         self._set_connack()
@@ -577,9 +655,12 @@ class Session:
                 f"the MQTT broker at {host}:{port} refused the connection: {text}; check the "
                 "username and password (options username/password or MQTT_USER/MQTT_PASSWORD)",
                 reason_code=code)
-        if code in _PROTOCOL_REFUSED and self.protocol == paho.MQTTv5 \
-                and self.options.protocol == "auto":
-            return _ProtocolRefused(text)
+        if code in _PROTOCOL_REFUSED and self.protocol == paho.MQTTv5:
+            if self.options.protocol == "auto":
+                return _ProtocolRefused(text, how="connack")
+            return ProtocolNotSupportedError(
+                f"the MQTT broker at {host}:{port} refuses MQTT 5 ({text}); use "
+                "protocol='auto' or '3.1.1'", host=host, port=port)
         return BrokerConnectionError(f"the MQTT broker at {host}:{port} refused the "
                                      f"connection: {text}", host=host, port=port)
 
@@ -593,8 +674,8 @@ class Session:
                 and not self._connack.is_set():  # closed before CONNACK: some refuse v5 so
             refused_v5 = self.protocol == paho.MQTTv5 and self.options.protocol == "auto"
             host, port = self.endpoint or ("?", 0)
-            self._connect_error = (_ProtocolRefused("closed without CONNACK") if refused_v5
-                                   else BrokerUnavailableError(
+            self._connect_error = (_ProtocolRefused("closed without CONNACK", how="closed")
+                                   if refused_v5 else BrokerUnavailableError(
                                        f"the MQTT broker at {host}:{port} closed the "
                                        "connection before CONNACK (a TLS port without "
                                        "tls=..., or a broker refusing this client)",
@@ -606,6 +687,7 @@ class Session:
         for request in self._requests.values():
             request.error = NotConnectedError("the connection was lost before the broker "
                                               "answered")
+            self._rollback(request, None)
             request.event.set()
         self._requests.clear()
         self._notify_room()
@@ -674,16 +756,26 @@ class Session:
         if request is None:
             return
         request.codes = codes
+        refused = set()
         for sub, code in zip(request.subscriptions or [], codes, strict=False):
-            if code < 0x80:
-                held = self.subscriptions.get(sub.topic_filter)
-                if held is not None and sub.handler is passive_handler:
-                    held.qos = code  # a re-subscribe to read retained: keep the holder
-                else:
-                    sub.qos = code
-                    self.subscriptions[sub.topic_filter] = sub
-                    self._index = None
+            if code >= 0x80:
+                refused.add(sub.topic_filter)
+            elif (held := self.subscriptions.get(sub.topic_filter)) is not None:
+                held.qos = code  # granted QoS (a passive re-subscribe keeps the holder)
+        self._rollback(request, refused)
         request.event.set()
+
+    def _rollback(self, request: Request, filters: set[str] | None) -> None:
+        """Undo the routing a SUBSCRIBE added for ``filters`` (all when None)."""
+        for sub, previous in request.added:
+            if filters is not None and sub.topic_filter not in filters:
+                continue
+            if self.subscriptions.get(sub.topic_filter) is sub:
+                if previous is None:
+                    del self.subscriptions[sub.topic_filter]
+                else:
+                    self.subscriptions[sub.topic_filter] = previous
+                self._index = None
 
     def _handle_message(self, msg: paho.MQTTMessage) -> None:
         topic = msg.topic
@@ -713,9 +805,11 @@ class Session:
                     self.messages_dropped += 1
             else:
                 self._deliver_to_inbox(message)
-        if not delivered:
+        if not delivered and not self.clean_session:
             # A persistent session's queued messages arrive right after CONNACK, before
             # the application subscribed again in this process: keep them for receive().
+            # Otherwise a message no filter of ours matches (RabbitMQ and NATS let '#'
+            # match '$' topics) is not for the application.
             self._deliver_to_inbox(message)
 
     def _inbox_parts(self) -> tuple[collections.deque[Message], threading.Condition]:
@@ -819,10 +913,16 @@ class Session:
                 f"session {self.client_id!r} is not connected; QoS 0 messages are "
                 "never queued (use QoS 1 or 2 to have them sent after a reconnect)",
                 host=(self.endpoint or ("?", 0))[0], port=(self.endpoint or ("?", 0))[1])
-        if out.qos == 2 and self.qos2_supported is False:
-            raise ProtocolNotSupportedError(
-                "this broker does not support QoS 2; publish with qos=1, or pass "
-                "downgrade_qos2=True to MQTTClient to downgrade automatically")
+        caps = self.capabilities
+        if caps.flavour != "mqtt":
+            self.check_topic(out.topic)
+        if out.qos == 2 and caps.qos2 is False:
+            if not self.options.downgrade_qos2:
+                raise ProtocolNotSupportedError(
+                    f"the broker at {self._where()} does not support QoS 2 (it grants QoS 1); "
+                    "publish with qos=1, or pass downgrade_qos2=True to MQTTClient to "
+                    "downgrade automatically")
+            out.qos = 1
         while self._queued() + self._inflight >= limit:
             self._pump()  # hand over what is queued before waiting for room
             if self._queued() + self._inflight < limit:
@@ -966,6 +1066,10 @@ class Session:
         if self._room is not None:
             self._room.notify_all()
 
+    def _where(self) -> str:
+        host, port = self.endpoint or ("?", 0)
+        return f"{host}:{port}"
+
     def _check_usable(self) -> None:
         if self.stopped_reason is not None:
             raise self.stopped_reason
@@ -976,6 +1080,9 @@ class Session:
     def subscribe(self, subscriptions: list[Subscription], *, wait: bool = True,
                   timeout: float | None = None) -> Request:
         """Send one SUBSCRIBE; with ``wait``, return after SUBACK (raise on refusal)."""
+        if self.capabilities.flavour != "mqtt":
+            for sub in subscriptions:
+                self.check_topic(sub.topic_filter)
         with self._lock:
             self._check_usable()
             client = self._require_connected()
@@ -987,6 +1094,13 @@ class Session:
             if rc != paho.MQTT_ERR_SUCCESS or mid is None:
                 raise NotConnectedError(f"subscribe failed: {paho.error_string(rc)}")
             request = self._requests[mid] = Request(subscriptions)
+            # Route at once: some brokers (NATS on '#') send retained messages before SUBACK.
+            for sub in subscriptions:
+                held = self.subscriptions.get(sub.topic_filter)
+                if held is None or sub.handler is not passive_handler:
+                    request.added.append((sub, held))
+                    self.subscriptions[sub.topic_filter] = sub
+            self._index = None
             self._drain_locked()
         if wait:
             self._await(request, "SUBACK", timeout)
@@ -1102,3 +1216,7 @@ class Session:
 
 class _ProtocolRefused(MQTTClientError):
     """The broker refused MQTT 5; retry with 3.1.1."""
+
+    def __init__(self, message: str, *, how: str) -> None:
+        super().__init__(message)
+        self.how = how

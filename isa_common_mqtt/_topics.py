@@ -26,6 +26,10 @@ def topic_violations(topic: object, *, allow_wildcards: bool = False) -> list[st
         violations.append("topic must not be empty")
     if "\x00" in topic:
         violations.append("topic must not contain the NUL character (U+0000)")
+    if any("\x01" <= c <= "\x1f" or "\x7f" <= c <= "\x9f" for c in topic):
+        # The specification says SHOULD NOT; Mosquitto drops the connection on a tab.
+        violations.append("topic must not contain control characters (U+0001-U+001F, "
+                          "U+007F-U+009F)")
     try:
         size = len(topic.encode("utf-8"))
     except UnicodeEncodeError:
@@ -49,9 +53,9 @@ def topic_violations(topic: object, *, allow_wildcards: bool = False) -> list[st
 
 def check_topic(topic: object) -> str:
     """Return ``topic`` if it is a valid publish topic name, else raise InvalidTopicError."""
-    if type(topic) is str and topic.isascii() and 0 < len(topic) <= MAX_TOPIC_BYTES \
-            and "+" not in topic and "#" not in topic and "\x00" not in topic:
-        return topic  # fast path for the common case: plain ASCII names
+    if type(topic) is str and topic.isprintable() and topic.isascii() \
+            and 0 < len(topic) <= MAX_TOPIC_BYTES and "+" not in topic and "#" not in topic:
+        return topic  # fast path for the common case: plain printable ASCII names
     violations = topic_violations(topic)
     if violations:
         raise InvalidTopicError(f"invalid topic {topic!r}: " + "; ".join(violations), topic=topic)

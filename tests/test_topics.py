@@ -324,9 +324,10 @@ def test_an_invalid_topic_prefix_raises_invalid_topic_error(bad: str) -> None:
 
 # -- properties ---------------------------------------------------------------------------
 
-# Levels of a valid topic name: any text without '/', wildcards, NUL or lone surrogates.
+# Levels of a valid topic name: any text without '/', wildcards, control characters
+# (NUL included: category Cc) or lone surrogates.
 levels = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/+#\x00"),
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/+#"),
     max_size=8,
 )
 level_lists = st.lists(levels, min_size=1, max_size=8).filter(lambda ls: "/".join(ls) != "")
@@ -393,3 +394,12 @@ def test_a_prefix_of_levels_followed_by_hash_matches_the_topic(
     keep = data.draw(st.integers(1 if topic.startswith("$") else 0, len(parts)))
     topic_filter = "/".join([*parts[:keep], "#"])
     assert matches(topic_filter, topic) is True
+
+
+@pytest.mark.parametrize("topic", ["a\tb", "a\x01", "\x1f", "a\x7f", "\x85", "x\x9fy"],
+                         ids=["tab", "soh", "us", "del", "nel", "c1"])
+def test_control_characters_are_refused(topic: str) -> None:
+    """The specification says SHOULD NOT; Mosquitto drops the connection on a tab."""
+    assert any("control characters" in v for v in topic_violations(topic))
+    with pytest.raises(InvalidTopicError, match="control characters"):
+        check_topic(topic)

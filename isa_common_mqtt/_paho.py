@@ -17,8 +17,11 @@ to paho-mqtt 2.x and ``tests/test_paho.py`` checks the behaviour they rely on.
 
 from __future__ import annotations
 
+import socket
+import ssl
 import struct
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -278,3 +281,28 @@ class PahoClient(paho.Client):
     def reconnect(self) -> MQTTErrorCode:
         self.last_recv = time.monotonic()  # a new connection starts its silence clock
         return super().reconnect()
+
+
+def mqtt5_refusal(host: str, port: int, timeout: float,
+                  context: ssl.SSLContext | None = None) -> str | None:
+    """How the broker answers a bare MQTT 5 CONNECT: None (accepted), "closed" (no CONNACK,
+    as RabbitMQ does) or "connack" (a refusal code, as NATS does). Used once per endpoint,
+    when a session connected with 3.1.1 and the broker does not grant QoS 2."""
+    client_id = f"isa-probe-{uuid.uuid4().hex[:12]}".encode()
+    body = (b"\x00\x04MQTT\x05\x02\x00\x0a\x00" + struct.pack("!H", len(client_id))
+            + client_id)
+    packet = b"\x10" + _remaining_length(len(body)) + body
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        sock = context.wrap_socket(raw, server_hostname=host) if context else raw
+        sock.settimeout(timeout)
+        sock.sendall(packet)
+        try:
+            answer = sock.recv(16)
+        except (ConnectionError, TimeoutError):
+            answer = b""
+        if len(answer) >= 4 and answer[0] == 0x20:
+            if answer[3] == 0:
+                sock.sendall(b"\xe0\x00")  # DISCONNECT: no will, nothing left behind
+                return None
+            return "connack"
+        return "closed"

@@ -48,7 +48,7 @@ from ._errors import (
 from ._io import NetworkLoop
 from ._options import ClientOptions
 from ._outbox import Outbox
-from ._paho import PahoClient
+from ._paho import PahoClient, mqtt5_refusal
 from ._topics import FilterIndex, matches
 from ._types import Message
 
@@ -306,6 +306,8 @@ class Session:
                     self._probe()
                     return
                 except _ProtocolRefused as exc:
+                    if self.options.protocol == "5":
+                        raise self._diagnose_v5(host, port, deadline, exc) from exc
                     last = exc
                     self.capabilities.v5_refusal = exc.how
                     continue
@@ -342,6 +344,14 @@ class Session:
             self.unsubscribe([probe], timeout=self.options.request_timeout)
         except MQTTClientError as exc:  # e.g. an ACL that refuses the probe topic
             logger.info("session %s: QoS 2 support unknown (%s)", self.client_id, exc)
+        if caps.qos2 is False and caps.v5_refusal is None and self.endpoint is not None:
+            # Connected with 3.1.1 as asked: how MQTT 5 is refused tells the brokers apart.
+            tls = self.options.tls.ssl_context() if self.options.tls else None
+            try:
+                caps.v5_refusal = mqtt5_refusal(*self.endpoint, self.options.connect_timeout,
+                                                tls)
+            except OSError as exc:
+                logger.info("session %s: MQTT 5 probe failed: %s", self.client_id, exc)
         if caps.flavour != "mqtt":
             logger.info("broker at %s:%d behaves like %s: QoS 2 %s", *(self.endpoint or ()),
                         caps.flavour, "downgraded to 1" if self.options.downgrade_qos2
@@ -353,6 +363,27 @@ class Session:
         if problem is not None:
             raise InvalidTopicError(f"cannot use topic {self._strip(topic)!r} on this broker: "
                                     f"{problem}", topic=self._strip(topic))
+
+    def _diagnose_v5(self, host: str, port: int, deadline: float,
+                     refusal: _ProtocolRefused) -> MQTTClientError:
+        """MQTT 5 was asked for and the connection closed before CONNACK: if 3.1.1 works,
+        the broker refuses 5 (RabbitMQ does so by closing); else it is unreachable."""
+        try:
+            self._connect_once(host, port, paho.MQTTv311, deadline)
+        except MQTTClientError:
+            return BrokerUnavailableError(
+                f"the MQTT broker at {host}:{port} closed the connection before CONNACK "
+                "(a TLS port without tls=..., or a broker refusing this client)",
+                host=host, port=port)
+        client = self._client
+        self.closing = True  # this session ends here: no reconnect after the diagnosis
+        self.connected = False
+        if client is not None:
+            self._abandon(client)
+        self.capabilities.v5_refusal = refusal.how
+        return ProtocolNotSupportedError(
+            f"the MQTT broker at {host}:{port} refuses MQTT 5 (it closed the connection; "
+            "MQTT 3.1.1 works): use protocol='auto' or '3.1.1'", host=host, port=port)
 
     def _protocols(self, host: str, port: int) -> list[int]:
         if self.options.protocol == "5":
@@ -672,7 +703,7 @@ class Session:
         lived = time.time() - (self.connected_at or 0)
         if not self._ever_connected and self._connack is not None \
                 and not self._connack.is_set():  # closed before CONNACK: some refuse v5 so
-            refused_v5 = self.protocol == paho.MQTTv5 and self.options.protocol == "auto"
+            refused_v5 = self.protocol == paho.MQTTv5
             host, port = self.endpoint or ("?", 0)
             self._connect_error = (_ProtocolRefused("closed without CONNACK", how="closed")
                                    if refused_v5 else BrokerUnavailableError(
@@ -852,23 +883,48 @@ class Session:
         waiter = Waiter(len(batch))
         outs = [Outgoing(topic, payload, qos, retain, waiter, index)
                 for index, (topic, payload, qos, retain) in enumerate(batch)]
+        admitted = []
+        for out in outs:
+            try:
+                self._admit(out)
+            except MQTTClientError as exc:  # this item only: the others still go
+                if raise_errors:
+                    raise
+                waiter.done(out.index, exc)
+            else:
+                admitted.append(out)
         limit = self.options.max_buffered_messages
         deadline = time.monotonic() + (self.options.publish_timeout if timeout is None
                                        else timeout)
         if self._outbox is not None:
-            self._store(outs, waiter, raise_errors)
+            self._store(admitted, waiter, raise_errors)
         with self._lock:
-            for position, out in enumerate(outs):
+            for position, out in enumerate(admitted):
                 try:
                     self._accept(out, deadline, limit)
                 except MQTTClientError as exc:
-                    for rest in outs[position:]:
+                    for rest in admitted[position:]:
                         waiter.done(rest.index, exc)
+                    if self._outbox is not None:  # refused, so not to be resent later
+                        self._outbox.done(r.seq for r in admitted[position:] if r.seq)
                     if raise_errors:
                         raise
                     break
             self._pump()
         return waiter, outs
+
+    def _admit(self, out: Outgoing) -> None:
+        """What this broker cannot carry is refused (or downgraded) before anything queues."""
+        caps = self.capabilities
+        if caps.flavour != "mqtt":
+            self.check_topic(out.topic)
+        if out.qos == 2 and caps.qos2 is False:
+            if not self.options.downgrade_qos2:
+                raise ProtocolNotSupportedError(
+                    f"the broker at {self._where()} does not support QoS 2 (it grants QoS 1); "
+                    "publish with qos=1, or pass downgrade_qos2=True to MQTTClient to "
+                    "downgrade automatically")
+            out.qos = 1
 
     def _store(self, outs: list[Outgoing], waiter: Waiter, raise_errors: bool) -> None:
         """Commit QoS>0 messages to the durable outbox before they are queued."""
@@ -882,9 +938,9 @@ class Session:
         except MQTTClientError as exc:
             for out in outs:
                 waiter.done(out.index, exc)
-            outs.clear()
             if raise_errors:
                 raise
+            outs.clear()
             return
         for out, seq in zip(durable, seqs, strict=True):
             out.seq = seq
@@ -913,16 +969,6 @@ class Session:
                 f"session {self.client_id!r} is not connected; QoS 0 messages are "
                 "never queued (use QoS 1 or 2 to have them sent after a reconnect)",
                 host=(self.endpoint or ("?", 0))[0], port=(self.endpoint or ("?", 0))[1])
-        caps = self.capabilities
-        if caps.flavour != "mqtt":
-            self.check_topic(out.topic)
-        if out.qos == 2 and caps.qos2 is False:
-            if not self.options.downgrade_qos2:
-                raise ProtocolNotSupportedError(
-                    f"the broker at {self._where()} does not support QoS 2 (it grants QoS 1); "
-                    "publish with qos=1, or pass downgrade_qos2=True to MQTTClient to "
-                    "downgrade automatically")
-            out.qos = 1
         while self._queued() + self._inflight >= limit:
             self._pump()  # hand over what is queued before waiting for room
             if self._queued() + self._inflight < limit:

@@ -204,11 +204,15 @@ class MQTTClient:
             try:
                 markers.read_retained(markers.marker_topic, self.options.request_timeout)
                 result["round_trip_ms"] = round((time.perf_counter() - started) * 1000, 3)
-                result["registry"] = self._reg().health()
                 result["sys_available"] = self._reg().broker_stats()["available"]
             except MQTTClientError as exc:
                 result.update(healthy=False, broker_status="degraded", message=str(exc),
                               error=type(exc).__name__)
+                return result
+            try:  # a registry this broker cannot serve is reported, not fatal
+                result["registry"] = self._reg().health()
+            except MQTTClientError as exc:
+                result["registry"] = {"synced": False, "error": str(exc)}
         return result
 
     def _connected_count(self) -> int:

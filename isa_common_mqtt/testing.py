@@ -418,7 +418,7 @@ _EPMD_PATHS = ("/usr/lib/erlang/bin/epmd", "/usr/local/lib/erlang/bin/epmd")
 _RABBITMQ_READY = r"started MQTT TCP listener on 127\.0\.0\.1:{port}\b"
 _NATS_MQTT_READY = re.compile(r"Listening for MQTT clients on mqtt://127\.0\.0\.1:(\d+)")
 _NATS_CLIENT_READY = re.compile(r"Listening for client connections on 127\.0\.0\.1:(\d+)")
-_PORT_IN_USE = ("eaddrinuse", "address already in use")
+_PORT_IN_USE = ("eaddrinuse", "address already in use", "already_used", "could not bind")
 
 
 def _find_executable(name: str, paths: tuple[str, ...]) -> str | None:
@@ -575,7 +575,11 @@ class _EngineProcess:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self: _Engine) -> _Engine:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()  # no temp dir or helper process is left behind by a failed start
+            raise
         return self
 
     def __exit__(

@@ -287,25 +287,37 @@ class Organisation:
         if wanted is not None:
             ids = [i for i in ids if view.device_status(i) == wanted]
         start = (page - 1) * page_size
-        return {"devices": [self._device_dict(i) for i in ids[start:start + page_size]],
+        subscribed = self._subscriptions_by_device()
+        return {"devices": [self._device_dict(i, subscribed)
+                            for i in ids[start:start + page_size]],
                 "total_count": len(ids), "page": page, "page_size": page_size}
 
-    def _device_dict(self, device_id: str) -> dict[str, Any]:
+    def _subscriptions_by_device(self) -> dict[str, list[str]]:
+        """User filters of the live device-bound sessions, by device (one pass)."""
+        found: dict[str, set[str]] = {}
+        for session in self.view.live_sessions():
+            if session.get("device_id"):
+                found.setdefault(session["device_id"], set()).update(
+                    self.prefix.strip(f) for f in session.get("subscriptions", []))
+        return {device: sorted(filters) for device, filters in found.items()}
+
+    def _device_dict(self, device_id: str,
+                     subscribed: dict[str, list[str]] | None = None) -> dict[str, Any]:
         view = self.view
         with view.lock:
             record = view.devices[device_id]
             status = view.status.get(device_id) or {}
         totals = self._metric_totals(device_id)
-        subscribed = sorted({self.prefix.strip(f) for s in view.live_sessions()
-                             if s.get("device_id") == device_id
-                             for f in s.get("subscriptions", [])})
+        if subscribed is None:
+            subscribed = self._subscriptions_by_device()
         value = int(status.get("status", DeviceStatus.UNKNOWN))
         return {"device_id": device_id, "device_name": record["device_name"],
                 "device_type": record["device_type"], "status": value,
                 "status_name": DeviceStatus(value).name,
                 "registered_at": iso(record.get("registered_at")),
                 "last_seen": iso(status.get("last_seen")), "metadata": record.get("metadata", {}),
-                "subscribed_topics": subscribed, "session": status.get("session"),
+                "subscribed_topics": subscribed.get(device_id, []),
+                "session": status.get("session"),
                 "messages_sent": totals["messages_sent"],
                 "messages_received": totals["messages_received"],
                 "bytes_sent": totals["bytes_sent"], "bytes_received": totals["bytes_received"]}

@@ -713,6 +713,10 @@ class Session:
                                        host=host, port=port))
             self._set_connack()
             return
+        if not self._ever_connected:
+            # open() handles a connection that never got going (e.g. NATS closing after
+            # refusing MQTT 5 with a CONNACK code): no reconnect from here.
+            return
         self._fail_unsent(NotConnectedError("the connection was lost before the message was "
                                             "written; QoS 0 messages are never queued"))
         for request in self._requests.values():

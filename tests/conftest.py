@@ -58,8 +58,8 @@ class Recorder:
             return list(self.messages)
 
     def close(self) -> None:
+        self._client.disconnect()  # before loop_stop, which would otherwise wait a second
         self._client.loop_stop()
-        self._client.disconnect()
 
 
 @pytest.fixture

@@ -202,12 +202,13 @@ class NetworkLoop:
                 heapq.heappush(checks, (due, next(self._timer_seq), key))
 
     def _drain_wake(self) -> None:
-        self._wake_pending = False
-        try:
+        # Empty the socket first, then clear the flag: cleared first, a call_soon in
+        # between would send a byte that this drain swallows, and every later call_soon
+        # would see the flag still set and never wake the loop again.
+        with contextlib.suppress(BlockingIOError):
             while self._wake_r.recv(4096):
                 pass
-        except BlockingIOError:
-            pass
+        self._wake_pending = False
 
     def _run_calls(self) -> None:
         while self._calls:

@@ -209,7 +209,9 @@ class PahoClient(paho.Client):
         while queue:
             chunk = []
             size = 0
-            for packet in queue:
+            # By index: a publishing thread may append meanwhile (only we pop from the left).
+            for i in range(len(queue)):
+                packet = queue[i]
                 chunk.append(packet)
                 size += packet["to_process"]
                 if size >= WRITE_CHUNK:

@@ -16,9 +16,10 @@ from isa_common_mqtt import _errors
 
 
 def public_names(module: types.ModuleType) -> set[str]:
-    """Names bound in ``module`` that users may import: no private names, no submodules."""
-    return {name for name, value in vars(module).items()
-            if not name.startswith("_") and not isinstance(value, types.ModuleType)}
+    """Names ``module`` offers users (its names are loaded lazily, so ask dir()): no
+    private names, no submodules."""
+    return {name for name in dir(module) if not name.startswith("_")
+            and not isinstance(getattr(module, name), types.ModuleType)}
 
 
 def test_all_is_sorted() -> None:
@@ -44,6 +45,13 @@ def test_star_import_gives_exactly_all() -> None:
     namespace: dict[str, object] = {}
     exec("from isa_common_mqtt import *", namespace)
     assert set(namespace) - {"__builtins__"} == set(isa_common_mqtt.__all__)
+
+
+def test_importing_the_package_loads_neither_paho_nor_asyncio() -> None:
+    """Names load on first use: a device or a CLI pays for what it uses."""
+    code = ("import sys, isa_common_mqtt; "
+            "assert not [m for m in sys.modules if m.startswith(('paho', 'asyncio'))]")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_the_version_is_a_string() -> None:

@@ -102,6 +102,9 @@ class Capabilities:
         return None
 
 
+_JITTER = random.Random()
+"""Our own generator: the global one belongs to the application (and its tests)."""
+
 _capabilities: dict[tuple[str, int], Capabilities] = {}
 """Per endpoint, so later sessions start with the right protocol at once."""
 PROBE_TOPIC = "isa-probe"
@@ -460,7 +463,7 @@ class Session:
             client._sock_close()  # no DISCONNECT: the connection never got going
 
     def _schedule_reconnect(self) -> None:
-        delay = self._backoff * random.uniform(0.5, 1.0)  # jitter spreads reconnect storms
+        delay = self._backoff * _JITTER.uniform(0.5, 1.0)  # jitter spreads reconnect storms
         self._backoff = min(self._backoff * 2, self.options.reconnect_max_delay)
         logger.info("session %s: reconnecting in %.2f s", self.client_id, delay)
         self._loop.call_later(delay, lambda: self._loop.run_blocking(self._reconnect))

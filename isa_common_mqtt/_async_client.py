@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 
 from ._codec import as_bytes, encode_json, encode_msgpack
 from ._errors import PublishTimeoutError
-from ._session import Session, Waiter
+from ._pending import Waiter
+from ._session import Session
 from ._types import DeviceStatus, Message
 from .mqtt_client import MQTTClient
 

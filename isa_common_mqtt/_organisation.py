@@ -25,6 +25,7 @@ from ._errors import (
     ProtocolNotSupportedError,
 )
 from ._options import ClientOptions
+from ._pending import Will
 from ._registry import (
     Counters,
     RegistryView,
@@ -34,7 +35,7 @@ from ._registry import (
     iso,
     status_record,
 )
-from ._session import Session, Will
+from ._session import Session
 from ._snapshot import MarkerChannel
 from ._stats import read_broker_stats
 from ._topics import TopicPrefix

@@ -17,11 +17,8 @@ to paho-mqtt 2.x and ``tests/test_paho.py`` checks the behaviour they rely on.
 
 from __future__ import annotations
 
-import socket
-import ssl
 import struct
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -62,7 +59,7 @@ def _reason(code: int) -> ReasonCode:
     return reason
 
 
-def _remaining_length(length: int) -> bytes:
+def remaining_length(length: int) -> bytes:
     out = bytearray()
     while True:
         byte = length % 128
@@ -98,7 +95,7 @@ class PahoClient(paho.Client):
         v5 = self._protocol == paho.MQTTv5
         head = 2 + len(topic) + (2 if qos else 0) + (1 if v5 else 0)
         packet = b"".join((
-            bytes((_PUBLISH | (qos << 1) | retain,)), _remaining_length(head + len(payload)),
+            bytes((_PUBLISH | (qos << 1) | retain,)), remaining_length(head + len(payload)),
             struct.pack("!H", len(topic)), topic,
             struct.pack("!H", mid) if qos else b"", b"\x00" if v5 else b"", payload))
         connected = self._sock is not None
@@ -284,27 +281,3 @@ class PahoClient(paho.Client):
         self.last_recv = time.monotonic()  # a new connection starts its silence clock
         return super().reconnect()
 
-
-def mqtt5_refusal(host: str, port: int, timeout: float,
-                  context: ssl.SSLContext | None = None) -> str | None:
-    """How the broker answers a bare MQTT 5 CONNECT: None (accepted), "closed" (no CONNACK,
-    as RabbitMQ does) or "connack" (a refusal code, as NATS does). Used once per endpoint,
-    when a session connected with 3.1.1 and the broker does not grant QoS 2."""
-    client_id = f"isa-probe-{uuid.uuid4().hex[:12]}".encode()
-    body = (b"\x00\x04MQTT\x05\x02\x00\x0a\x00" + struct.pack("!H", len(client_id))
-            + client_id)
-    packet = b"\x10" + _remaining_length(len(body)) + body
-    with socket.create_connection((host, port), timeout=timeout) as raw:
-        sock = context.wrap_socket(raw, server_hostname=host) if context else raw
-        sock.settimeout(timeout)
-        sock.sendall(packet)
-        try:
-            answer = sock.recv(16)
-        except (ConnectionError, TimeoutError):
-            answer = b""
-        if len(answer) >= 4 and answer[0] == 0x20:
-            if answer[3] == 0:
-                sock.sendall(b"\xe0\x00")  # DISCONNECT: no will, nothing left behind
-                return None
-            return "connack"
-        return "closed"

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import logging
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -28,36 +26,32 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from . import _capabilities as capabilities_of
+from ._capabilities import PROBE_TOPIC, Capabilities, mqtt5_refusal
 from ._dispatch import Dispatcher
 from ._errors import (
     AuthenticationError,
-    AuthorizationError,
     BrokerConnectionError,
     BrokerUnavailableError,
-    BufferFullError,
     InvalidTopicError,
     MQTTClientError,
-    MQTTTimeoutError,
     NotConnectedError,
     ProtocolNotSupportedError,
-    PublishTimeoutError,
     SessionTakenOverError,
 )
 from ._io import NetworkLoop
 from ._options import ClientOptions
 from ._outbox import Outbox
-from ._paho import PahoClient, mqtt5_refusal
-from ._topics import FilterIndex, matches
+from ._paho import PahoClient
+from ._pending import MessageHandler, Outgoing, Request, Subscription, Will, passive_handler
+from ._publisher import MAX_WINDOW, Publisher
+from ._subscriber import Subscriber
+from ._topics import FilterIndex
 from ._types import Message
 
 logger = logging.getLogger(__name__)
 
-MAX_WINDOW = 60_000
-"""Cap on QoS>0 messages in flight: message ids (1..65535) are never reused while outstanding."""
-QOS0_WINDOW = 1_000
-"""QoS 0 messages handed to paho but not yet written to the socket."""
 SESSION_EXPIRY = 86_400
 """MQTT 5 session expiry (seconds) of a persistent session (clean_session=False)."""
 _AUTH_FAILURES = {134, 135, 140}  # bad user name or password, not authorized, bad auth method
@@ -68,146 +62,16 @@ CLASH_COUNT = 3
 
 
 
-@dataclass(slots=True)
-class Capabilities:
-    """What one broker endpoint can do, learned by the first session of the process.
-
-    Measured behaviour (docs/compatibility.md): RabbitMQ refuses MQTT 5 by closing the
-    socket, grants QoS 1 for QoS 2 and turns '.' into '/' and '*' into '+'; NATS refuses
-    MQTT 5 with CONNACK code 1, grants QoS 1 for QoS 2 and closes the connection on a
-    QoS 2 publish or a topic with '.' or a space.
-    """
-
-    v5_refusal: str | None = None
-    """None: MQTT 5 accepted (or not tried); "closed" (no CONNACK) or "connack" (a code)."""
-    qos2: bool | None = None
-    """Whether QoS 2 is granted end to end (None: not known)."""
-
-    @property
-    def flavour(self) -> str:
-        """'rabbitmq', 'nats' or 'mqtt' (everything else: full MQTT semantics assumed)."""
-        if self.qos2 is False and self.v5_refusal == "closed":
-            return "rabbitmq"
-        if self.qos2 is False and self.v5_refusal == "connack":
-            return "nats"
-        return "mqtt"
-
-    def topic_problem(self, topic: str) -> str | None:
-        """Why this broker cannot carry ``topic`` as written (None: it can)."""
-        flavour = self.flavour
-        if flavour == "nats" and ("." in topic or " " in topic):
-            return "NATS closes the connection on topics with '.' or a space"
-        if flavour == "rabbitmq" and ("." in topic or "*" in topic):
-            return "RabbitMQ turns '.' into '/' and '*' into '+' in topics"
-        return None
-
-
 _JITTER = random.Random()
 """Our own generator: the global one belongs to the application (and its tests)."""
 
-_capabilities: dict[tuple[str, int], Capabilities] = {}
-"""Per endpoint, so later sessions start with the right protocol at once."""
-PROBE_TOPIC = "isa-probe"
 
 Endpoint = tuple[str, int]
 EndpointResolver = Callable[[], Sequence[Endpoint]]
-MessageHandler = Callable[[Message], None]
 
 
-@dataclass(slots=True, frozen=True)
-class Will:
-    """The Last Will the broker publishes when the session ends without DISCONNECT."""
 
-    topic: str
-    payload: bytes = b""
-    qos: int = 0
-    retain: bool = False
-
-
-class Waiter:
-    """Completion of one or more publishes: counts down, keeps the first error."""
-
-    __slots__ = ("_callbacks", "_event", "error", "errors", "remaining")
-
-    def __init__(self, count: int) -> None:
-        self._event = threading.Event()
-        self._callbacks: list[Callable[[], object]] = []
-        self.remaining = count
-        self.error: BaseException | None = None
-        self.errors: dict[int, BaseException] = {}
-        if count == 0:
-            self._event.set()
-
-    def done(self, index: int, error: BaseException | None = None) -> None:
-        if error is not None:
-            self.errors[index] = error
-            self.error = self.error or error
-        self.remaining -= 1
-        if self.remaining <= 0:
-            self._event.set()
-            self._fire()
-
-    def wait(self, timeout: float | None) -> bool:
-        return self._event.wait(timeout)
-
-    def add_done_callback(self, fn: Callable[[], object]) -> None:
-        """Call ``fn`` (from whichever thread completes the waiter) once all are done."""
-        self._callbacks.append(fn)
-        if self._event.is_set():
-            self._fire()
-
-    def _fire(self) -> None:
-        while self._callbacks:
-            try:
-                fn = self._callbacks.pop()  # atomic: each callback runs exactly once
-            except IndexError:
-                return
-            fn()
-
-
-@dataclass(slots=True)
-class Outgoing:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    waiter: Waiter
-    index: int = 0
-    mid: int = 0
-    seq: int = 0
-    """Row of the durable outbox holding this message (0: not stored)."""
-
-
-@dataclass(slots=True)
-class Subscription:
-    """A filter this session holds, and where its messages go."""
-
-    topic_filter: str
-    qos: int
-    handler: MessageHandler | None
-    """Internal handler run on the network thread; None means the user callback below."""
-    callback: Callable[[str, bytes, int, bool, float], object] | None = None
-
-
-def passive_handler(message: Message) -> None:
-    """Handler of a subscription made only to read retained messages: a holder wins."""
-
-
-class Request:
-    """A SUBSCRIBE or UNSUBSCRIBE waiting for its acknowledgement."""
-
-    __slots__ = ("added", "codes", "error", "event", "subscriptions")
-
-    def __init__(self, subscriptions: list[Subscription] | None = None) -> None:
-        self.event = threading.Event()
-        self.codes: list[int] = []
-        self.error: BaseException | None = None
-        self.subscriptions = subscriptions
-        self.added: list[tuple[Subscription, Subscription | None]] = []
-        """Routing entries this SUBSCRIBE added, with the one each replaced."""
-
-
-class Session:
+class Session(Publisher, Subscriber):
     """One MQTT connection (see module docstring)."""
 
     __slots__ = ("_backoff", "_by_mid", "_client", "_connack", "_connect_error", "_connecting",
@@ -329,9 +193,9 @@ class Session:
     def capabilities(self) -> Capabilities:
         """What the current endpoint can do (shared by the sessions of the process)."""
         endpoint = self.endpoint or ("?", 0)
-        caps = _capabilities.get(endpoint)
+        caps = capabilities_of.known.get(endpoint)
         if caps is None:
-            caps = _capabilities[endpoint] = Capabilities()
+            caps = capabilities_of.known[endpoint] = Capabilities()
         return caps
 
     def _probe(self) -> None:
@@ -391,7 +255,7 @@ class Session:
     def _protocols(self, host: str, port: int) -> list[int]:
         if self.options.protocol == "5":
             return [paho.MQTTv5]  # asked for explicitly: never fall back
-        if self.options.protocol == "3.1.1" or _capabilities.get((host, port),
+        if self.options.protocol == "3.1.1" or capabilities_of.known.get((host, port),
                                                                  Capabilities()).v5_refusal:
             return [paho.MQTTv311]
         return [paho.MQTTv5, paho.MQTTv311]
@@ -763,474 +627,10 @@ class Session:
         self._fail_all(reason)
         self._notify_state()
 
-    def _handle_puback(self, mid: int, code: int) -> None:
-        out = self._by_mid.pop(mid, None)
-        if out is None:
-            return
-        if out.qos == 0:
-            self._qos0_unwritten -= 1
-        else:
-            self._inflight -= 1
-            if out.qos == 2:
-                self._inflight_qos2 -= 1
-        if out.seq and self._outbox is not None:
-            self._outbox.done((out.seq,))  # acknowledged, or refused for good
-        if code >= 0x80:
-            self.publish_errors += 1
-            out.waiter.done(out.index, AuthorizationError(
-                f"the broker refused the publish to {self._strip(out.topic)!r} "
-                f"(reason code {code:#x})", topic=self._strip(out.topic), reason_code=code))
-        else:
-            self.messages_sent += 1
-            self.bytes_sent += len(out.payload)
-            if self.on_sent is not None:
-                self.on_sent(out.topic, len(out.payload))
-            out.waiter.done(out.index)
-        self._pump()
-        self._notify_room()
-
-    def _handle_ack(self, mid: int, codes: list[int]) -> None:
-        request = self._requests.pop(mid, None)
-        if request is None:
-            return
-        request.codes = codes
-        refused = set()
-        for sub, code in zip(request.subscriptions or [], codes, strict=False):
-            if code >= 0x80:
-                refused.add(sub.topic_filter)
-            elif (held := self.subscriptions.get(sub.topic_filter)) is not None:
-                held.qos = code  # granted QoS (a passive re-subscribe keeps the holder)
-        self._rollback(request, refused)
-        request.event.set()
-
-    def _rollback(self, request: Request, filters: set[str] | None) -> None:
-        """Undo the routing a SUBSCRIBE added for ``filters`` (all when None)."""
-        for sub, previous in request.added:
-            if filters is not None and sub.topic_filter not in filters:
-                continue
-            if self.subscriptions.get(sub.topic_filter) is sub:
-                if previous is None:
-                    del self.subscriptions[sub.topic_filter]
-                else:
-                    self.subscriptions[sub.topic_filter] = previous
-                self._index = None
-
-    def _handle_message(self, msg: paho.MQTTMessage) -> None:
-        topic = msg.topic
-        now = time.time()
-        self.messages_received += 1
-        self.bytes_received += len(msg.payload)
-        if self.on_received is not None:
-            self.on_received(topic, len(msg.payload))
-        message = Message(self._strip(topic), bytes(msg.payload), msg.qos, bool(msg.retain), now)
-        delivered = False
-        for filters, handler in self.taps:
-            if any(matches(f, topic) for f in filters):
-                delivered = True
-                handler(message)
-        index = self._index
-        if index is None:
-            index = self._index = FilterIndex(self.subscriptions)
-        for topic_filter in index.match(topic):
-            sub = self.subscriptions[topic_filter]
-            delivered = True
-            if sub.handler is not None:
-                sub.handler(message)
-            elif sub.callback is not None:
-                job = functools.partial(sub.callback, message.topic, message.payload,
-                                        message.qos, message.retained, message.timestamp)
-                if not self._dispatcher.submit(job, self, self.options.max_pending_callbacks):
-                    self.messages_dropped += 1
-            else:
-                self._deliver_to_inbox(message)
-        if not delivered and not self.clean_session:
-            # A persistent session's queued messages arrive right after CONNACK, before
-            # the application subscribed again in this process: keep them for receive().
-            # Otherwise a message no filter of ours matches (RabbitMQ and NATS let '#'
-            # match '$' topics) is not for the application.
-            self._deliver_to_inbox(message)
-
-    def _inbox_parts(self) -> tuple[collections.deque[Message], threading.Condition]:
-        """The inbox of messages without callback, made on first use (most sessions never
-        need one, and each costs a deque and a condition)."""
-        with self._lock:
-            if self._inbox is None or self._inbox_ready is None:
-                self._inbox = collections.deque(maxlen=self.options.max_pending_callbacks)
-                self._inbox_ready = threading.Condition(threading.Lock())
-            return self._inbox, self._inbox_ready
-
-    def _deliver_to_inbox(self, message: Message) -> None:
-        inbox, ready = self._inbox_parts()
-        with ready:
-            if len(inbox) == inbox.maxlen:
-                self.messages_dropped += 1  # the deque drops the oldest
-            inbox.append(message)
-            ready.notify()
-        listener = self.inbox_listener
-        if listener is not None:
-            listener()
-
     def _notify_state(self) -> None:
         callback = self.on_state
         if callback is not None:
             self._dispatcher.submit(lambda: callback(self), ("state", self), 1_000)
-
-    # == publishing ======================================================================
-    def publish(self, items: Iterable[tuple[str, bytes, int, bool]],
-                timeout: float | None = None,
-                raise_errors: bool = True) -> tuple[Waiter, list[Outgoing]]:
-        """Queue messages in order and return their waiter; blocks only while the buffer is full.
-
-        QoS 0 while down raises NotConnectedError; the outgoing bound raises
-        BufferFullError after ``timeout`` seconds without room. Messages accepted before
-        an error stay queued; with ``raise_errors=False`` the error is recorded on the
-        waiter for each message not accepted instead of raised.
-        """
-        batch = list(items)
-        waiter = Waiter(len(batch))
-        outs = [Outgoing(topic, payload, qos, retain, waiter, index)
-                for index, (topic, payload, qos, retain) in enumerate(batch)]
-        admitted = []
-        for out in outs:
-            try:
-                self._admit(out)
-            except MQTTClientError as exc:  # this item only: the others still go
-                if raise_errors:
-                    raise
-                waiter.done(out.index, exc)
-            else:
-                admitted.append(out)
-        limit = self.options.max_buffered_messages
-        deadline = time.monotonic() + (self.options.publish_timeout if timeout is None
-                                       else timeout)
-        if self._outbox is not None:
-            self._store(admitted, waiter, raise_errors)
-        with self._lock:
-            for position, out in enumerate(admitted):
-                try:
-                    self._accept(out, deadline, limit)
-                except MQTTClientError as exc:
-                    for rest in admitted[position:]:
-                        waiter.done(rest.index, exc)
-                    if self._outbox is not None:  # refused, so not to be resent later
-                        self._outbox.done(r.seq for r in admitted[position:] if r.seq)
-                    if raise_errors:
-                        raise
-                    break
-            self._pump()
-        return waiter, outs
-
-    def _admit(self, out: Outgoing) -> None:
-        """What this broker cannot carry is refused (or downgraded) before anything queues."""
-        caps = self.capabilities
-        if caps.flavour != "mqtt":
-            self.check_topic(out.topic)
-        if out.qos == 2 and caps.qos2 is False:
-            if not self.options.downgrade_qos2:
-                raise ProtocolNotSupportedError(
-                    f"the broker at {self._where()} does not support QoS 2 (it grants QoS 1); "
-                    "publish with qos=1, or pass downgrade_qos2=True to MQTTClient to "
-                    "downgrade automatically")
-            out.qos = 1
-
-    def _store(self, outs: list[Outgoing], waiter: Waiter, raise_errors: bool) -> None:
-        """Commit QoS>0 messages to the durable outbox before they are queued."""
-        assert self._outbox is not None
-        durable = [out for out in outs if out.qos > 0]
-        if not durable:
-            return
-        try:
-            seqs = self._outbox.add(self.client_id, [(o.topic, o.payload, o.qos, o.retain)
-                                                     for o in durable])
-        except MQTTClientError as exc:
-            for out in outs:
-                waiter.done(out.index, exc)
-            if raise_errors:
-                raise
-            outs.clear()
-            return
-        for out, seq in zip(durable, seqs, strict=True):
-            out.seq = seq
-
-    def resend_stored(self) -> int:
-        """Queue what the durable outbox kept from an earlier run of this client_id."""
-        if self._outbox is None:
-            return 0
-        rows = self._outbox.pending(self.client_id)
-        waiter = Waiter(len(rows))  # nobody waits: the caller of the earlier run is gone
-        with self._lock:
-            self._queue().extendleft(
-                Outgoing(topic, payload, qos, retain, waiter, index, seq=seq)
-                for index, (seq, topic, payload, qos, retain) in reversed(list(enumerate(rows))))
-            self._pump()
-        if rows:
-            logger.info("session %s: resending %d message(s) from the durable outbox",
-                        self.client_id, len(rows))
-        return len(rows)
-
-    def _accept(self, out: Outgoing, deadline: float, limit: int) -> None:
-        """Queue one message (lock held), waiting for room in the outgoing buffer."""
-        self._check_usable()
-        if out.qos == 0 and not self.connected:
-            raise NotConnectedError(
-                f"session {self.client_id!r} is not connected; QoS 0 messages are "
-                "never queued (use QoS 1 or 2 to have them sent after a reconnect)",
-                host=(self.endpoint or ("?", 0))[0], port=(self.endpoint or ("?", 0))[1])
-        while self._queued() + self._inflight >= limit:
-            self._pump()  # hand over what is queued before waiting for room
-            if self._queued() + self._inflight < limit:
-                break
-            if not self._room_condition().wait(max(deadline - time.monotonic(), 0)):
-                raise BufferFullError(
-                    f"session {self.client_id!r} has {limit} unacknowledged messages "
-                    "(max_buffered_messages); wait for the broker or raise the bound")
-            self._check_usable()
-        self._queue().append(out)
-
-    def _pump(self) -> None:
-        """Hand queued messages to paho while the in-flight windows allow (lock held)."""
-        if self._pumping:
-            self._repump = True  # acknowledgements freed room while we were pumping
-            return
-        self._pumping = True
-        try:
-            while True:
-                self._repump = False
-                self._pump_locked()
-                if not self._repump:
-                    break
-        finally:
-            self._pumping = False
-
-    def _pump_locked(self) -> None:
-        outgoing = self._outgoing
-        client = self._client
-        if not outgoing or not self.connected or client is None:
-            return
-        by_mid = self._by_mid
-        qos2_cap = self.options.max_inflight_qos2 if self.protocol != paho.MQTTv5 else MAX_WINDOW
-        queued = False
-        while outgoing:
-            out = outgoing[0]
-            if out.qos == 0:
-                if self._qos0_unwritten >= QOS0_WINDOW:
-                    break
-                self._qos0_unwritten += 1
-            elif self._inflight >= self._window or (
-                    out.qos == 2 and self._inflight_qos2 >= qos2_cap):
-                break
-            else:
-                self._inflight += 1
-                if out.qos == 2:
-                    self._inflight_qos2 += 1
-            outgoing.popleft()
-            out.mid = client.enqueue_publish(out.topic.encode(), out.payload, out.qos,
-                                             out.retain)
-            by_mid[out.mid] = out
-            queued = True
-        if queued:
-            self._flush(client)
-
-    def _flush(self, client: PahoClient) -> None:
-        """Write what paho has queued: now from this thread if the socket is free,
-        else on the network thread (which also flushes after every read)."""
-        sock = client.socket()
-        if sock is None:
-            return
-        if self._loop.in_loop_thread():
-            self._loop.want_write(sock)
-        elif self._io_lock.acquire(blocking=False):
-            try:
-                client.loop_write()
-            finally:
-                self._io_lock.release()
-            if client.want_write():
-                self._loop.want_write(sock)
-            self._drain_locked()  # QoS 0 counts as done once written
-        else:
-            self._loop.want_write(sock)
-
-    def wait_published(self, waiter: Waiter, outs: list[Outgoing], timeout: float | None,
-                       raise_first: bool = True) -> None:
-        """Wait for ``waiter`` while acknowledgements keep coming; raise its first error.
-
-        PublishTimeoutError when no acknowledgement came for ``timeout`` seconds.
-        """
-        wait = self.options.publish_timeout if timeout is None else timeout
-        left = waiter.remaining
-        while not waiter.wait(wait):
-            if waiter.remaining < left:
-                left = waiter.remaining
-                continue
-            raise PublishTimeoutError(
-                f"{waiter.remaining} message(s) not acknowledged within {wait:g} s; they stay "
-                "queued and will still be sent when the session is back (unless it is "
-                "disconnected)")
-        if raise_first and waiter.error is not None:
-            raise waiter.error
-
-    def outstanding(self) -> int:
-        """QoS>0 messages accepted but not yet acknowledged, and QoS 0 not yet written."""
-        with self._lock:
-            return self._queued() + len(self._by_mid)
-
-    def _fail_unsent(self, error: BaseException) -> None:
-        """Fail QoS 0 messages not yet written (paho forgets them on reconnect)."""
-        for mid in [mid for mid, out in self._by_mid.items() if out.qos == 0]:
-            out = self._by_mid.pop(mid)
-            self._qos0_unwritten -= 1
-            out.waiter.done(out.index, error)
-        queued = self._outgoing or ()
-        keep = collections.deque(o for o in queued if o.qos > 0)
-        for out in queued:
-            if out.qos == 0:
-                out.waiter.done(out.index, error)
-        self._outgoing = keep
-        self._qos0_unwritten = 0
-        self._inflight = len(self._by_mid)  # paho resends these after the reconnect
-        self._inflight_qos2 = sum(1 for o in self._by_mid.values() if o.qos == 2)
-
-    def _fail_all(self, error: BaseException) -> None:
-        for out in list(self._by_mid.values()) + list(self._outgoing or ()):
-            out.waiter.done(out.index, error)
-        self._by_mid.clear()
-        self._outgoing = None
-        self._inflight = self._inflight_qos2 = self._qos0_unwritten = 0
-        for request in self._requests.values():
-            request.error = error
-            request.event.set()
-        self._requests.clear()
-        self._notify_room()
-
-    def _queue(self) -> collections.deque[Outgoing]:
-        if self._outgoing is None:
-            self._outgoing = collections.deque()
-        return self._outgoing
-
-    def _queued(self) -> int:
-        return len(self._outgoing) if self._outgoing is not None else 0
-
-    def _room_condition(self) -> threading.Condition:
-        if self._room is None:
-            self._room = threading.Condition(self._lock)
-        return self._room
-
-    def _notify_room(self) -> None:
-        if self._room is not None:
-            self._room.notify_all()
-
-    def _where(self) -> str:
-        host, port = self.endpoint or ("?", 0)
-        return f"{host}:{port}"
-
-    def _check_usable(self) -> None:
-        if self.stopped_reason is not None:
-            raise self.stopped_reason
-        if self.closing:
-            raise NotConnectedError(f"session {self.client_id!r} is closed")
-
-    # == subscriptions ===================================================================
-    def subscribe(self, subscriptions: list[Subscription], *, wait: bool = True,
-                  timeout: float | None = None) -> Request:
-        """Send one SUBSCRIBE; with ``wait``, return after SUBACK (raise on refusal)."""
-        if self.capabilities.flavour != "mqtt":
-            for sub in subscriptions:
-                self.check_topic(sub.topic_filter)
-        with self._lock:
-            self._check_usable()
-            client = self._require_connected()
-            if self.protocol == paho.MQTTv5:
-                rc, mid = client.subscribe([(s.topic_filter, SubscribeOptions(qos=s.qos))
-                                            for s in subscriptions])
-            else:
-                rc, mid = client.subscribe([(s.topic_filter, s.qos) for s in subscriptions])
-            if rc != paho.MQTT_ERR_SUCCESS or mid is None:
-                raise NotConnectedError(f"subscribe failed: {paho.error_string(rc)}")
-            request = self._requests[mid] = Request(subscriptions)
-            # Route at once: some brokers (NATS on '#') send retained messages before SUBACK.
-            for sub in subscriptions:
-                held = self.subscriptions.get(sub.topic_filter)
-                if held is None or sub.handler is not passive_handler:
-                    request.added.append((sub, held))
-                    self.subscriptions[sub.topic_filter] = sub
-            self._index = None
-            self._drain_locked()
-        if wait:
-            self._await(request, "SUBACK", timeout)
-            self.check_subscribed(request)
-        return request
-
-    def check_subscribed(self, request: Request) -> None:
-        """Raise AuthorizationError when the broker refused a filter of ``request``."""
-        if request.error is not None:
-            raise request.error
-        subs = request.subscriptions or []
-        refused = [s.topic_filter for s, c in zip(subs, request.codes, strict=False) if c >= 0x80]
-        if refused:
-            code = max(request.codes)
-            raise AuthorizationError(f"the broker refused the subscription to {refused} "
-                                     f"(reason code {code:#x})", topic=refused[0],
-                                     reason_code=code)
-
-    def unsubscribe(self, topic_filters: list[str], timeout: float | None = None) -> int:
-        """Remove the filters this session holds; return how many it held."""
-        with self._lock:
-            self._check_usable()
-            held = [f for f in topic_filters if f in self.subscriptions]
-            if not held:
-                return 0
-            for f in held:
-                del self.subscriptions[f]
-            self._index = None
-            if not self.connected:
-                return len(held)  # not restored on reconnect; a persistent session forgets later
-            client = self._require_connected()
-            rc, mid = client.unsubscribe(held)
-            if rc != paho.MQTT_ERR_SUCCESS or mid is None:
-                return len(held)
-            request = self._requests[mid] = Request()
-            self._drain_locked()
-        self._await(request, "UNSUBACK", timeout)
-        return len(held)
-
-    def _resubscribe(self) -> None:
-        client = self._client
-        if client is None:
-            return
-        subs = list(self.subscriptions.values())
-        if self.protocol == paho.MQTTv5:
-            client.subscribe([(s.topic_filter, SubscribeOptions(qos=s.qos)) for s in subs])
-        else:
-            client.subscribe([(s.topic_filter, s.qos) for s in subs])
-        logger.info("session %s: restored %d subscription(s)", self.client_id, len(subs))
-
-    def _await(self, request: Request, what: str, timeout: float | None) -> None:
-        wait = self.options.request_timeout if timeout is None else timeout
-        if not request.event.wait(wait):
-            raise MQTTTimeoutError(f"the broker did not send {what} within {wait:g} s")
-        if request.error is not None:
-            raise request.error
-
-    def _require_connected(self) -> paho.Client:
-        if not self.connected or self._client is None:
-            host, port = self.endpoint or ("?", 0)
-            raise NotConnectedError(f"session {self.client_id!r} is not connected to "
-                                    f"{host}:{port}; it is reconnecting", host=host, port=port)
-        return self._client
-
-    def receive(self, timeout: float | None) -> Message | None:
-        """The next message of a subscription without callback, or None after ``timeout``."""
-        inbox, ready = self._inbox_parts()
-        with ready:
-            if not ready.wait_for(lambda: bool(inbox), timeout):
-                return None
-            return inbox.popleft()
-
-    def receive_nowait(self) -> Message | None:
-        """The next inbox message if there is one."""
-        inbox, ready = self._inbox_parts()
-        with ready:
-            return inbox.popleft() if inbox else None
 
     # == closing =========================================================================
     def close(self, timeout: float) -> None:

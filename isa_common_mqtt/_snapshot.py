@@ -20,15 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._errors import RegistrySyncError
-from ._session import (
-    MessageHandler,
-    Outgoing,
-    Request,
-    Session,
-    Subscription,
-    Waiter,
-    passive_handler,
-)
+from ._pending import MessageHandler, Outgoing, Request, Subscription, Waiter, passive_handler
+from ._session import Session
 from ._types import Message
 
 SYNC_QOS = 1

@@ -28,8 +28,9 @@ from ._errors import (
 from ._options import ClientOptions
 from ._organisation import Organisation
 from ._outbox import Outbox
+from ._pending import Subscription, Will
 from ._registry import Schema, check_path_part
-from ._session import Session, Subscription, Will
+from ._session import Session
 from ._snapshot import MarkerChannel
 from ._topics import TopicPrefix, check_filter, check_publishable, check_topic, topic_violations
 from ._types import DeviceStatus, Message, MessageCallback

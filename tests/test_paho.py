@@ -12,7 +12,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from isa_common_mqtt._paho import PahoClient, _remaining_length
+from isa_common_mqtt._paho import PahoClient, remaining_length
 
 
 @pytest.fixture(params=[paho.MQTTv311, paho.MQTTv5], ids=["3.1.1", "5"])
@@ -40,10 +40,10 @@ def read_exactly(sock: socket.socket, size: int) -> bytes:
 
 
 @pytest.mark.parametrize("length", [0, 1, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152])
-def test_remaining_length_matches_the_spec_encoding(length: int) -> None:
+def testremaining_length_matches_the_spec_encoding(length: int) -> None:
     expected = bytearray()
     paho.Client(CallbackAPIVersion.VERSION2)._pack_remaining_length(expected, length)
-    assert _remaining_length(length) == bytes(expected)
+    assert remaining_length(length) == bytes(expected)
 
 
 @pytest.mark.parametrize("qos", [0, 1, 2])

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 
 from isa_common_mqtt._discovery import ConsulSettings, Endpoint, resolve_endpoints
 from isa_common_mqtt._errors import InvalidArgumentError
+from isa_common_mqtt.testing import MosquittoFactory
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_PATH = "/v1/health/service/mqtt"
@@ -289,3 +291,30 @@ def test_import_does_not_load_consul() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_client_fails_over_past_an_instance_that_refuses(
+        agent: FakeConsul, closed_port: int, mosquitto_factory: MosquittoFactory) -> None:
+    """Consul lists a refusing instance first, a critical one, then a live broker: the
+    session connects to the live one, and finds it again after a restart."""
+    from isa_common_mqtt import MQTTClient
+
+    broker = mosquitto_factory()
+    agent.entries = [instance("down", "127.0.0.1", "127.0.0.1", closed_port),
+                     instance("sick", "127.0.0.1", "127.0.0.1", broker.port, "critical"),
+                     instance("live", "127.0.0.1", "127.0.0.1", broker.port)]
+    client = MQTTClient(consul_host="127.0.0.1", consul_port=agent.port, connect_timeout=3)
+    try:
+        conn = client.connect("via-consul")
+        assert conn["message"] == f"connected to 127.0.0.1:{broker.port} as 'via-consul'"
+        before = len(agent.requests)
+        broker.restart()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+                client.get_connection_status(conn["session_id"])["reconnects"]
+                and client.get_connection_status(conn["session_id"])["connected"]):
+            time.sleep(0.02)
+        assert client.get_connection_status(conn["session_id"])["connected"] is True
+        assert len(agent.requests) > before  # asked Consul again to reconnect
+    finally:
+        client.close()

@@ -29,7 +29,7 @@ def encode_json(data: object) -> bytes:
     try:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidPayloadError(f"data cannot be serialised as JSON: {exc}") from exc
 
 

@@ -181,9 +181,15 @@ class Organisation:
         if self.synced:
             self._own[topic] = payload
         self.view.apply(topic, payload)
-        waiter, outs = self.control.publish([(topic, payload, 1, True)], raise_errors=True)
-        if wait:
-            self.control.wait_published(waiter, outs, None)
+        try:
+            waiter, outs = self.control.publish([(topic, payload, 1, True)], raise_errors=True)
+            if wait:
+                self.control.wait_published(waiter, outs, None)
+        except MQTTClientError:
+            self.synced = False  # the view holds a write the broker refused: read it again
+            self.view.clear()
+            self._own.clear()
+            raise
 
     def health(self) -> dict[str, Any]:
         view = self.ensure_synced()
@@ -359,6 +365,9 @@ class Organisation:
             return
         try:
             self._flush(tracked, wait=True)
+        except MQTTClientError as exc:
+            logger.warning("flushing counters of session %s failed: %s", session.client_id, exc)
+        try:  # on its own: a device must show OFFLINE even if its counters were refused
             if tracked.device_id is not None:
                 self._write(self.schema.status(tracked.device_id),
                             status_record(tracked.device_id, DeviceStatus.OFFLINE, time.time(),
@@ -372,8 +381,9 @@ class Organisation:
             return
         counters.dirty = False
         writer = tracked.session.client_id
-        self._write(self.schema.topics(writer),
-                    encode_record("topics", counters.topics_fields(writer)), wait)
+        if self.options.track_in_registry:
+            self._write(self.schema.topics(writer),
+                        encode_record("topics", counters.topics_fields(writer)), wait)
         if tracked.device_id is not None:
             self._write(self.schema.metrics(tracked.device_id, writer),
                         encode_record("metrics", counters.metrics_fields(tracked.device_id,

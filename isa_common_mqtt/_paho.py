@@ -81,6 +81,20 @@ class PahoClient(paho.Client):
         self.mid_in_use: Callable[[int], bool] = lambda mid: False
         """Whether the session still waits on ``mid`` (QoS 0 not yet written)."""
 
+    def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:
+        """paho's TLS handshake, but the socket is closed when the handshake fails."""
+        context = self._ssl_context
+        assert context is not None
+        ssl_sock = context.wrap_socket(tcp_sock, server_hostname=self._host,
+                                       do_handshake_on_connect=False)
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
+
     # -- publishing ---------------------------------------------------------------------
     def enqueue_publish(self, topic: bytes, payload: bytes, qos: int, retain: bool) -> int:
         """Queue a PUBLISH (topic already validated) without writing; return its mid.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import random
 import socket
@@ -74,17 +75,66 @@ EndpointResolver = Callable[[], Sequence[Endpoint]]
 class Session(Publisher, Subscriber):
     """One MQTT connection (see module docstring)."""
 
-    __slots__ = ("_backoff", "_by_mid", "_client", "_connack", "_connect_error", "_connecting",
-                 "_dispatcher", "_draining", "_events", "_ever_connected", "_inbox",
-                 "_inbox_ready", "_index", "_inflight", "_inflight_qos2", "_io_lock", "_lock",
-                 "_loop", "_outbox", "_outgoing", "_password", "_pumping", "_qos0_unwritten",
-                 "_repump", "_requests", "_resolver", "_room", "_short_lived", "_strip",
-                 "_username", "_window", "bytes_received", "bytes_sent", "clean_session",
-                 "client_id", "closed", "closing", "connected", "connected_at", "endpoint",
-                 "inbox_listener", "keep_alive", "messages_dropped", "messages_received",
-                 "messages_sent", "on_received", "on_sent", "on_state", "options", "protocol",
-                 "publish_errors", "reconnects", "session_present",
-                 "stopped_reason", "subscriptions", "taps", "will")
+    __slots__ = (
+        "_backoff",
+        "_by_mid",
+        "_client",
+        "_connack",
+        "_connect_error",
+        "_connecting",
+        "_dispatcher",
+        "_draining",
+        "_events",
+        "_ever_connected",
+        "_inbox",
+        "_inbox_ready",
+        "_index",
+        "_inflight",
+        "_inflight_qos2",
+        "_io_lock",
+        "_lock",
+        "_loop",
+        "_outbox",
+        "_outgoing",
+        "_password",
+        "_pumping",
+        "_qos0_unwritten",
+        "_repump",
+        "_requests",
+        "_resolver",
+        "_room",
+        "_short_lived",
+        "_strip",
+        "_username",
+        "_window",
+        "bytes_received",
+        "bytes_sent",
+        "clash_suspected",
+        "clean_session",
+        "client_id",
+        "closed",
+        "closing",
+        "connected",
+        "connected_at",
+        "endpoint",
+        "inbox_listener",
+        "keep_alive",
+        "messages_dropped",
+        "messages_received",
+        "messages_sent",
+        "on_received",
+        "on_sent",
+        "on_state",
+        "options",
+        "protocol",
+        "publish_errors",
+        "reconnects",
+        "session_present",
+        "stopped_reason",
+        "subscriptions",
+        "taps",
+        "will",
+    )
 
     def __init__(self, *, client_id: str, options: ClientOptions, resolver: EndpointResolver,
                  username: str | None = None, password: str | None = None,
@@ -148,6 +198,8 @@ class Session(Publisher, Subscriber):
         self.messages_dropped = 0
         self.publish_errors = 0
         self.reconnects = 0
+        self.clash_suspected = False
+        """Connections kept closing right after CONNACK (a client_id clash, or a flapping link)."""
         self.on_sent: Callable[[str, int], None] | None = None
         """Called (network or publishing thread, under the session lock) per delivered message."""
         self.on_received: Callable[[str, int], None] | None = None
@@ -166,9 +218,12 @@ class Session(Publisher, Subscriber):
         endpoints = list(self._resolver())
         for host, port in endpoints:
             protocols = self._protocols(host, port)
+            refusal: str | None = None
             for protocol in protocols:
                 try:
                     self._connect_once(host, port, protocol, deadline)
+                    if refusal is not None:  # only once 3.1.1 worked: else it says nothing
+                        self.capabilities.v5_refusal = refusal
                     self._connack = None
                     self._probe()
                     return
@@ -176,7 +231,7 @@ class Session(Publisher, Subscriber):
                     if self.options.protocol == "5":
                         raise self._diagnose_v5(host, port, deadline, exc) from exc
                     last = exc
-                    self.capabilities.v5_refusal = exc.how
+                    refusal = exc.how
                     continue
                 except (AuthenticationError, BrokerUnavailableError) as exc:
                     last = exc
@@ -345,6 +400,8 @@ class Session(Publisher, Subscriber):
                         self.endpoint = (host, port)
                     client.reconnect()
                 self._drain()
+                self._loop.call_later(self.options.connect_timeout, functools.partial(
+                    self._connack_watchdog, client, self.reconnects))
                 return
             except OSError as exc:
                 logger.info("session %s: reconnect to %s:%d failed: %s",
@@ -352,6 +409,29 @@ class Session(Publisher, Subscriber):
         with self._lock:
             if not self.closing:
                 self._schedule_reconnect()
+
+    def _connack_watchdog(self, client: PahoClient, attempt: int) -> None:
+        """Give up a reconnect that got no CONNACK within connect_timeout (network thread)."""
+        if self.connected or self.closing or attempt != self.reconnects \
+                or client is not self._client:
+            return
+        logger.info("session %s: no CONNACK within %g s; trying again", self.client_id,
+                    self.options.connect_timeout)
+        with self._io_lock:
+            client._sock_close()
+        with self._lock:
+            if not self.closing and not self.connected:
+                self._schedule_reconnect()
+
+    def ensure_connected(self, timeout: float) -> None:
+        """Reconnect now instead of waiting out the backoff; wait (bounded) until connected."""
+        if self.connected or self.closing or self._client is None:
+            return
+        self._backoff = self.options.reconnect_min_delay
+        self._loop.run_blocking(self._reconnect)
+        deadline = time.monotonic() + timeout
+        while not self.connected and not self.closing and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     @contextlib.contextmanager
     def _connecting_io(self) -> Iterator[None]:
@@ -595,12 +675,22 @@ class Session(Publisher, Subscriber):
         self._notify_room()
         if self.closing:
             return
-        if reason.value == _TAKEN_OVER or self._looks_taken_over(was_connected, lived):
+        if self._looks_taken_over(was_connected, lived):
+            # A client_id clash or a flapping link: both look the same on Mosquitto 2.0.
+            # Never give up (edge links flap); pause for the longest delay instead, so a
+            # clash cannot become a rapid ping-pong, and say so.
+            self.clash_suspected = True
+            self._backoff = self.options.reconnect_max_delay
+            self._short_lived = 0
+            logger.warning("session %s: the broker closed %d connections in a row right after "
+                           "CONNACK: a flapping link, or another client using client_id %r; "
+                           "reconnecting after %.1f s", self.client_id, CLASH_COUNT,
+                           self.client_id, self._backoff)
+        elif reason.value == _TAKEN_OVER:
             self._stop(SessionTakenOverError(
-                f"the broker closed the connection of client_id {self.client_id!r} right after "
-                f"it connected, {CLASH_COUNT} times in a row (or said 'session taken over'): "
-                "another client most likely uses the same client_id; this session stopped "
-                "reconnecting to avoid a takeover loop: use a unique client_id",
+                f"the broker says another client took over client_id {self.client_id!r} "
+                "(session taken over); this session stopped reconnecting to avoid a takeover "
+                "loop: use a unique client_id",
                 host=(self.endpoint or ("?", 0))[0], port=(self.endpoint or ("?", 0))[1]))
             return
         if was_connected:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -46,12 +47,14 @@ class MarkerChannel:
         self.session = session
         self.marker_topic = marker_topic
         self._waiting: dict[bytes, threading.Event] = {}
+        self._seen: set[bytes] = set()
         self._lock = threading.Lock()
         self._subscribed = False
 
     def _on_marker(self, message: Message) -> None:
         event = self._waiting.get(message.payload)
         if event is not None:
+            self._seen.add(message.payload)
             event.set()
 
     def _ensure_subscribed(self, timeout: float) -> None:
@@ -100,6 +103,7 @@ class MarkerChannel:
         finally:
             for read in pending:
                 self._waiting.pop(read.token, None)
+                self._seen.discard(read.token)
 
     def _start(self, filters: list[str], handler: MessageHandler) -> _Read:
         """Send SUBSCRIBE for ``filters`` and, right behind it, a marker."""
@@ -108,23 +112,34 @@ class MarkerChannel:
         subs = [Subscription(f, SYNC_QOS, handler) for f in filters]
         request = self.session.subscribe(subs, wait=False)
         waiter, outs = self.session.publish([(self.marker_topic, token, SYNC_QOS, False)])
+        waiter.add_done_callback(event.set)  # a refused marker (ACL) must not look like a drop
         return _Read(filters, token, event, request, waiter, outs)
 
     def _finish(self, read: _Read, timeout: float, what: str) -> None:
-        """Wait for the marker of ``read``: then all of its retained messages are here."""
+        """Wait for the marker of ``read``: then all of its retained messages are here.
+
+        The marker's PUBACK also wakes the wait, so that a marker the broker refuses
+        (an ACL) raises its AuthorizationError at once instead of looking like a drop.
+        """
         try:
-            if not read.event.wait(timeout):
-                if read.request.error is not None:
-                    raise read.request.error
-                raise RegistrySyncError(
-                    f"the broker did not deliver all {what} of {read.filters} within "
-                    f"{timeout:g} s: it most likely dropped part of the snapshot. On Mosquitto "
-                    "raise max_queued_messages (default 1000; e.g. max_queued_messages "
-                    "1000000) in mosquitto.conf")
+            deadline = time.monotonic() + timeout
+            while read.token not in self._seen:
+                if not read.event.wait(max(deadline - time.monotonic(), 0)):
+                    if read.request.error is not None:
+                        raise read.request.error
+                    raise RegistrySyncError(
+                        f"the broker did not deliver all {what} of {read.filters} within "
+                        f"{timeout:g} s: it most likely dropped part of the snapshot. On "
+                        "Mosquitto raise max_queued_messages (default 1000; e.g. "
+                        "max_queued_messages 1000000) in mosquitto.conf")
+                if read.waiter.error is not None:
+                    raise read.waiter.error
+                read.event.clear()  # woken by the PUBACK: the marker itself is still due
             self.session.wait_published(read.waiter, read.outs, timeout)
             self.session.check_subscribed(read.request)
         finally:
             self._waiting.pop(read.token, None)
+            self._seen.discard(read.token)
 
     def read_retained(self, topic_filter: str, timeout: float) -> dict[str, Message]:
         """The retained messages under ``topic_filter``, by broker topic."""

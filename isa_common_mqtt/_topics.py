@@ -13,6 +13,14 @@ from ._errors import InvalidTopicError
 MAX_TOPIC_BYTES = 65_535
 
 
+def discouraged(char: str) -> bool:
+    """Control characters and Unicode noncharacters: the MQTT specification says SHOULD
+    NOT, and Mosquitto drops the connection of a client that sends them."""
+    code = ord(char)
+    return 0 < code < 0x20 or 0x7F <= code <= 0x9F or 0xFDD0 <= code <= 0xFDEF \
+        or code & 0xFFFE == 0xFFFE
+
+
 def topic_violations(topic: object, *, allow_wildcards: bool = False) -> list[str]:
     """Every rule of MQTT 3.1.1 / 5 section 4.7 that ``topic`` breaks (empty when valid).
 
@@ -26,10 +34,10 @@ def topic_violations(topic: object, *, allow_wildcards: bool = False) -> list[st
         violations.append("topic must not be empty")
     if "\x00" in topic:
         violations.append("topic must not contain the NUL character (U+0000)")
-    if any("\x01" <= c <= "\x1f" or "\x7f" <= c <= "\x9f" for c in topic):
-        # The specification says SHOULD NOT; Mosquitto drops the connection on a tab.
+    if any(discouraged(c) for c in topic):
+        # The specification says SHOULD NOT; Mosquitto drops the connection on them.
         violations.append("topic must not contain control characters (U+0001-U+001F, "
-                          "U+007F-U+009F)")
+                          "U+007F-U+009F) or Unicode noncharacters (U+FDD0-U+FDEF, U+xFFFE)")
     try:
         size = len(topic.encode("utf-8"))
     except UnicodeEncodeError:

@@ -32,7 +32,14 @@ from ._pending import Subscription, Will
 from ._registry import Schema, check_path_part
 from ._session import Session
 from ._snapshot import MarkerChannel
-from ._topics import TopicPrefix, check_filter, check_publishable, check_topic, topic_violations
+from ._topics import (
+    TopicPrefix,
+    check_filter,
+    check_publishable,
+    check_topic,
+    discouraged,
+    topic_violations,
+)
 from ._types import DeviceStatus, Message, MessageCallback
 
 logger = logging.getLogger(__name__)
@@ -165,7 +172,10 @@ class MQTTClient:
                 session.open()
                 self._control = session
                 self._markers = MarkerChannel(session, schema.marker(client_id))
-            return self._control, self._markers
+            control, markers = self._control, self._markers
+        # Right after a broker restart: reconnect now rather than after the backoff.
+        control.ensure_connected(self.options.connect_timeout)
+        return control, markers
 
     def _reg(self) -> Organisation:
         with self._lock:
@@ -173,7 +183,9 @@ class MQTTClient:
                 session, markers = self._control_session()
                 self._registry = Organisation(session, markers, self.options,
                                               self.organization_id, self.user_id, self._prefix)
-            return self._registry
+            registry = self._registry
+        registry.control.ensure_connected(self.options.connect_timeout)
+        return registry
 
     def _session(self, session_id: object) -> Session:
         session = self._sessions.get(session_id) if isinstance(session_id, str) else None
@@ -226,7 +238,9 @@ class MQTTClient:
                 will_retain: bool = False, device_id: str | None = None) -> dict[str, Any]:
         """Open a session: a real MQTT connection with its own ``client_id``."""
         if not isinstance(client_id, str) or not client_id or "\x00" in client_id \
-                or len(client_id.encode()) > 65_535:
+                or any(discouraged(c) for c in client_id) \
+                or len(client_id.encode("utf-8", "surrogatepass")) > 65_535 \
+                or any("\ud800" <= c <= "\udfff" for c in client_id):
             raise InvalidArgumentError(f"client_id must be a non-empty str, not {client_id!r}")
         _check_bool(clean_session, "clean_session")
         if keep_alive is not None and (type(keep_alive) is not int or not 0 < keep_alive <= 65_535):
@@ -290,7 +304,7 @@ class MQTTClient:
                 "pending_messages": s.outstanding(), "reconnects": s.reconnects,
                 "client_id": s.client_id, "broker": f"{host}:{port}",
                 "protocol": "5" if s.protocol == 5 else "3.1.1",
-                "session_present": s.session_present,
+                "session_present": s.session_present, "clash_suspected": s.clash_suspected,
                 "stopped_reason": str(s.stopped_reason) if s.stopped_reason else None}
 
     # == publishing ======================================================================
@@ -326,7 +340,7 @@ class MQTTClient:
         Invalid items are reported in ``errors`` (with their index) and the rest still go.
         """
         session = self._session(session_id)
-        if isinstance(messages, (str, bytes, Mapping)):
+        if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
             raise InvalidArgumentError("messages must be a list of dicts with topic, payload, "
                                        "qos and retained")
         errors: list[dict[str, Any]] = []

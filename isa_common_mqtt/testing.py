@@ -171,8 +171,10 @@ class MosquittoProcess:
             raise RuntimeError(_NO_BROKER_HELP)
         self._executable = found
         self._source = Path(config_file).read_text() if config_file is not None else None
+        self._source_dir = Path(config_file).resolve().parent if config_file is not None else None
         if self._source is not None:
-            _adapted_config(self._source, Path(), persistence)  # fail early on what we can't adapt
+            # fail early on what we can't adapt
+            _adapted_config(self._source, Path(), persistence, self._source_dir)
         self._extra_config = extra_config
         self._persistence = persistence
         self._port = port
@@ -331,7 +333,7 @@ class MosquittoProcess:
         if self._source is None:
             lines = _generated_config(self._dir, self._persistence)
         else:
-            lines = _adapted_config(self._source, self._dir, self._persistence)
+            lines = _adapted_config(self._source, self._dir, self._persistence, self._source_dir)
         lines.insert(0, f"listener {port} {LOOPBACK}")
         lines.append(f"log_dest file {self._log_files()[0]}")
         if os.geteuid() == 0:
@@ -359,8 +361,30 @@ _REPLACED_KEYS = frozenset(
 )
 
 
-def _adapted_config(source: str, workdir: Path, persistence: bool) -> list[str]:
-    """An existing config made private: listener, data dir and log file are swapped out."""
+_PATH_KEYS = frozenset({"password_file", "acl_file", "cafile", "capath", "certfile", "keyfile",
+                        "crlfile", "dhparamfile", "psk_file"})
+_CONTAINER_CONFIG_DIR = "/mosquitto/config/"
+"""Where the eclipse-mosquitto image expects its config; files there are looked up next to
+the config file when they do not exist on this machine."""
+
+
+def _local_path(value: str, config_dir: Path | None) -> str:
+    """The file a config line names, found on this machine (see ``_CONTAINER_CONFIG_DIR``);
+    a relative path is taken from the config file's directory."""
+    if config_dir is None:
+        return value
+    path = Path(value)
+    if not path.is_absolute():
+        return str(config_dir / path)
+    if value.startswith(_CONTAINER_CONFIG_DIR) and not path.exists():
+        return str(config_dir / value[len(_CONTAINER_CONFIG_DIR):])
+    return value
+
+
+def _adapted_config(source: str, workdir: Path, persistence: bool,
+                    config_dir: Path | None = None) -> list[str]:
+    """An existing config made private: listener, data dir and log file are swapped out;
+    files it names (password_file, acl_file, certificates) are found next to it."""
     lines: list[str] = []
     listeners = 0
     log_types: set[str] = set()
@@ -379,6 +403,8 @@ def _adapted_config(source: str, workdir: Path, persistence: bool) -> list[str]:
             lines.append(f"persistence_location {workdir / 'data'}/")
         elif key == "persistence" and not persistence:
             lines.append("persistence false")
+        elif key in _PATH_KEYS and len(words) == 2:
+            lines.append(f"{key} {_local_path(words[1], config_dir)}")
         else:
             lines.append(line)
     if log_types and not log_types & {"information", "all"}:

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,6 @@ from isa_common_mqtt import (
     MQTTClient,
     NotConnectedError,
     PublishTimeoutError,
-    SessionTakenOverError,
 )
 from isa_common_mqtt.testing import BrokerAddress, MosquittoFactory
 
@@ -135,31 +135,27 @@ def test_outgoing_buffer_is_bounded_and_keeps_what_it_accepted(
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_client_id_clash_settles_instead_of_ping_pong(mqtt_broker: BrokerAddress,
-                                                      protocol: str) -> None:
-    """Mosquitto closes the old connection without a reason code, under v5 too; each side
-    would reconnect and kick the other forever. One of them must stop, clearly."""
-    options = {"protocol": protocol, "reconnect_min_delay": 0.05, "reconnect_max_delay": 0.2}
+def test_client_id_clash_slows_down_instead_of_ping_pong(
+        mqtt_broker: BrokerAddress, protocol: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Mosquitto closes the old connection without a reason code, under v5 too, exactly as
+    a flapping link looks. Neither side gives up (links flap on devices), but after three
+    closes right after CONNACK a side pauses for reconnect_max_delay and says why."""
+    options = {"protocol": protocol, "reconnect_min_delay": 0.05, "reconnect_max_delay": 5}
     first = MQTTClient(host=mqtt_broker.host, port=mqtt_broker.port, **options)
     second = MQTTClient(host=mqtt_broker.host, port=mqtt_broker.port, **options)
     client_id = f"clash-{uuid.uuid4().hex[:8]}"
     a = first.connect(client_id)["session_id"]
     b = second.connect(client_id)["session_id"]
 
-    def stopped() -> list[str]:
-        return [sid for c, sid in ((first, a), (second, b))
-                if c.get_connection_status(sid)["stopped_reason"]]
+    def statuses() -> list[dict[str, Any]]:
+        return [first.get_connection_status(a), second.get_connection_status(b)]
 
-    assert eventually(lambda: len(stopped()) == 1), "the clash never settled"
-    (loser, lost), (survivor, sid) = ((first, a), (second, b)) if stopped() == [a] \
-        else ((second, b), (first, a))
-    with pytest.raises(SessionTakenOverError, match="unique client_id"):
-        loser.publish(lost, "clash/x", b"1", qos=1)
-    assert eventually(lambda: survivor.get_connection_status(sid)["connected"])
-    reconnects = survivor.get_connection_status(sid)["reconnects"]
-    survivor.publish(sid, "clash/x", b"still here", qos=1)
-    assert survivor.get_connection_status(sid)["connected"]
-    assert survivor.get_connection_status(sid)["reconnects"] == reconnects
+    assert eventually(lambda: any(s["clash_suspected"] for s in statuses()))
+    assert f"another client using client_id '{client_id}'" in caplog.text
+    assert all(s["stopped_reason"] is None for s in statuses())  # nobody gave up for good
+    paused = sum(s["reconnects"] for s in statuses())
+    time.sleep(1.0)  # an observation window: a ping-pong would reconnect ~10 times a second
+    assert sum(s["reconnects"] for s in statuses()) - paused <= 3
     first.close()
     second.close()
 

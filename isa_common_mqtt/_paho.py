@@ -144,6 +144,10 @@ class PahoClient(paho.Client):
             if message is None:
                 return MQTTErrorCode.MQTT_ERR_SUCCESS  # a duplicate acknowledgement
             self._inflight_messages -= 1
+        return self._report(mid, code)
+
+    def _report(self, mid: int, code: int) -> MQTTErrorCode:
+        """Tell on_publish that the flow of ``mid`` ended with ``code``."""
         on_publish = self.on_publish
         if on_publish is not None:
             on_publish(self, self._userdata, mid, _reason(code), None)  # type: ignore[call-arg,arg-type]
@@ -166,10 +170,7 @@ class PahoClient(paho.Client):
                 return self._send_pubrel(mid)
             del self._out_messages[mid]
             self._inflight_messages -= 1
-        on_publish = self.on_publish
-        if on_publish is not None:
-            on_publish(self, self._userdata, mid, _reason(code), None)  # type: ignore[call-arg,arg-type]
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._report(mid, code)
 
     def _handle_publish(self) -> MQTTErrorCode:
         """An incoming PUBLISH without paho's Properties and Condition objects per message.

@@ -489,37 +489,32 @@ class Session(Publisher, Subscriber):
 
     # == network loop side ===============================================================
     def handle_readable(self) -> None:
-        client = self._client
-        if client is None:
-            return
-        self._io_lock.acquire()
-        try:
-            if self._connecting:
-                return
-            client.loop_read()
-            # Bytes already read into our buffer (or held by TLS) are invisible to the
-            # selector: keep reading until they are consumed.
-            while client.socket() is not None and (client.buffered() or getattr(
-                    client.socket(), "pending", lambda: 0)()):
-                client.loop_read()
-            if client.want_write():
-                client.loop_write()
-        finally:
-            self._io_lock.release()
-        self._after_io(client)
+        self._with_io(self._read_all)
 
     def handle_writable(self) -> None:
+        self._with_io(PahoClient.loop_write)
+
+    def _with_io(self, action: Callable[[PahoClient], object]) -> None:
+        """Run paho I/O under the I/O lock (network thread), then what it produced."""
         client = self._client
         if client is None:
             return
-        self._io_lock.acquire()
-        try:
+        with self._io_lock:
             if self._connecting:
                 return
-            client.loop_write()
-        finally:
-            self._io_lock.release()
+            action(client)
         self._after_io(client)
+
+    @staticmethod
+    def _read_all(client: PahoClient) -> None:
+        client.loop_read()
+        # Bytes already read into our buffer (or held by TLS) are invisible to the
+        # selector: keep reading until they are consumed.
+        while client.socket() is not None and (client.buffered() or getattr(
+                client.socket(), "pending", lambda: 0)()):
+            client.loop_read()
+        if client.want_write():
+            client.loop_write()
 
     def handle_misc(self) -> float | None:
         """Keepalive, cheaply: paho's ``loop_misc`` only when a ping is near or pending.

@@ -10,7 +10,8 @@ the message go out twice; QoS 2 exactly-once does not survive a crash of the pub
 
 Bound: ``max_outbox_messages`` rows per file (option, default 100,000); past it ``publish``
 raises BufferFullError and stores nothing. Deletes are batched (every 256 acknowledgements,
-each second, and on close), so at most that many acknowledged messages are resent.
+at each keepalive check of the session, and on close), so a crash can resend up to that
+many acknowledged messages.
 """
 
 from __future__ import annotations

@@ -142,12 +142,12 @@ class Publisher:
                 try:
                     self._accept(out, deadline, limit)
                 except MQTTClientError as exc:
-                    for rest in admitted[position:]:
-                        waiter.done(rest.index, exc)
                     if self._outbox is not None:  # refused, so not to be resent later
                         self._outbox.done(r.seq for r in admitted[position:] if r.seq)
                     if raise_errors:
-                        raise
+                        raise  # nobody waits on the waiter: keeping exc would only keep frames
+                    for rest in admitted[position:]:
+                        waiter.done(rest.index, exc)
                     break
             self._pump()
         return waiter, outs

@@ -129,6 +129,7 @@ class Session(Publisher, Subscriber):
         "protocol",
         "publish_errors",
         "reconnects",
+        "restoring",
         "session_present",
         "stopped_reason",
         "subscriptions",
@@ -198,6 +199,8 @@ class Session(Publisher, Subscriber):
         self.messages_dropped = 0
         self.publish_errors = 0
         self.reconnects = 0
+        self.restoring: Request | None = None
+        """The SUBSCRIBE that restores subscriptions after a reconnect, until its SUBACK."""
         self.clash_suspected = False
         """Connections kept closing right after CONNACK (a client_id clash, or a flapping link)."""
         self.on_sent: Callable[[str, int], None] | None = None
@@ -243,6 +246,12 @@ class Session(Publisher, Subscriber):
             raise last
         raise BrokerUnavailableError(f"cannot connect to the MQTT broker at {host}:{port}: {last}",
                                      host=host, port=port)
+
+    @property
+    def ready(self) -> bool:
+        """Connected, with the subscriptions of before a reconnect restored (SUBACK seen)."""
+        restoring = self.restoring
+        return self.connected and (restoring is None or restoring.event.is_set())
 
     @property
     def capabilities(self) -> Capabilities:

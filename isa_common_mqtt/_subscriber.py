@@ -58,6 +58,7 @@ class Subscriber:
         _dispatcher: Dispatcher
         _inbox: collections.deque[Message] | None
         _inbox_ready: threading.Condition | None
+        restoring: Request | None
 
         @property
         def capabilities(self) -> Capabilities: ...
@@ -216,10 +217,13 @@ class Subscriber:
             return
         subs = list(self.subscriptions.values())
         if self.protocol == paho.MQTTv5:
-            client.subscribe([(s.topic_filter, SubscribeOptions(qos=s.qos)) for s in subs])
+            rc, mid = client.subscribe([(s.topic_filter, SubscribeOptions(qos=s.qos))
+                                        for s in subs])
         else:
-            client.subscribe([(s.topic_filter, s.qos) for s in subs])
-        logger.info("session %s: restored %d subscription(s)", self.client_id, len(subs))
+            rc, mid = client.subscribe([(s.topic_filter, s.qos) for s in subs])
+        if rc == paho.MQTT_ERR_SUCCESS and mid is not None:
+            self.restoring = self._requests[mid] = Request()  # done at its SUBACK
+        logger.info("session %s: restoring %d subscription(s)", self.client_id, len(subs))
 
     def _await(self, request: Request, what: str, timeout: float | None) -> None:
         wait = self.options.request_timeout if timeout is None else timeout

@@ -297,7 +297,7 @@ class MQTTClient:
         """Connection state and counters of one session (measured by this session)."""
         s = self._session(session_id)
         host, port = s.endpoint or ("?", 0)
-        return {"connected": s.connected, "connected_at": _iso(s.connected_at),
+        return {"connected": s.ready, "connected_at": _iso(s.connected_at),
                 "messages_sent": s.messages_sent, "messages_received": s.messages_received,
                 "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received,
                 "messages_dropped": s.messages_dropped, "publish_errors": s.publish_errors,

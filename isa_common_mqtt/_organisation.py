@@ -43,6 +43,7 @@ from ._types import DeviceStatus, Message
 
 logger = logging.getLogger(__name__)
 
+MQTT5 = 5
 MAX_PAGE_SIZE = 1_000
 SYNC_WINDOW = 4
 """Registry slices (of 64) whose snapshots may be in flight at once during a sync."""
@@ -155,9 +156,10 @@ class Organisation:
         timeout = self.options.request_timeout
         if flavour != "nats":
             try:
+                # no_local (MQTT 5): our own writes are applied at once, no echo needed.
                 self.markers.sync_slices(self.schema.shard_filters(), self._on_record,
                                          window=SYNC_WINDOW, timeout=timeout,
-                                         what="registry records")
+                                         what="registry records", no_local=True)
                 return
             except AuthorizationError as exc:
                 logger.info("registry slices refused (%s); syncing in one subscription", exc)
@@ -177,10 +179,15 @@ class Organisation:
             self._last_client_record = b""
             self.sessions_changed(None)
 
-    def _write(self, topic: str, payload: bytes, wait: bool = True) -> None:
-        if self.synced:
+    def _apply_own(self, topic: str, payload: bytes) -> None:
+        """Show our own write at once; under MQTT 3.1.1 its echo comes back later (MQTT 5
+        subscribes with no_local: no echo), and echoes of older writes must not win."""
+        if self.synced and self.control.protocol != MQTT5:
             self._own[topic] = payload
         self.view.apply(topic, payload)
+
+    def _write(self, topic: str, payload: bytes, wait: bool = True) -> None:
+        self._apply_own(topic, payload)
         try:
             waiter, outs = self.control.publish([(topic, payload, 1, True)], raise_errors=True)
             if wait:
@@ -234,9 +241,7 @@ class Organisation:
                            device_record(device_id, name, device_type, meta, registered_at,
                                          self.user_id)))
         for topic, payload in writes:
-            if self.synced:
-                self._own[topic] = payload
-            self.view.apply(topic, payload)
+            self._apply_own(topic, payload)
         waiter, outs = self.control.publish([(t, p, 1, True) for t, p in writes],
                                             raise_errors=False)
         self.control.wait_published(waiter, outs, None, raise_first=False)

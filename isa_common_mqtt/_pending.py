@@ -84,6 +84,8 @@ class Subscription:
     handler: MessageHandler | None
     """Internal handler run on the network thread; None means the user callback below."""
     callback: Callable[[str, bytes, int, bool, float], object] | None = None
+    no_local: bool = False
+    """MQTT 5: the broker does not send this connection's own publishes back."""
 
 
 def passive_handler(message: Message) -> None:

@@ -85,7 +85,7 @@ class MarkerChannel:
                     self.session.unsubscribe(new, timeout=timeout)
 
     def sync_slices(self, slices: Iterable[str], handler: MessageHandler, *, window: int,
-                    timeout: float, what: str) -> None:
+                    timeout: float, what: str, no_local: bool = False) -> None:
         """Subscribe each filter of ``slices`` for good, ``window`` snapshots in flight at once.
 
         Each slice has its own marker, so the broker never queues more than ``window``
@@ -97,7 +97,7 @@ class MarkerChannel:
             for topic_filter in slices:
                 if len(pending) >= window:
                     self._finish(pending.popleft(), timeout, what)
-                pending.append(self._start([topic_filter], handler))
+                pending.append(self._start([topic_filter], handler, no_local))
             while pending:
                 self._finish(pending.popleft(), timeout, what)
         finally:
@@ -105,11 +105,12 @@ class MarkerChannel:
                 self._waiting.pop(read.token, None)
                 self._seen.discard(read.token)
 
-    def _start(self, filters: list[str], handler: MessageHandler) -> _Read:
+    def _start(self, filters: list[str], handler: MessageHandler,
+               no_local: bool = False) -> _Read:
         """Send SUBSCRIBE for ``filters`` and, right behind it, a marker."""
         token = os.urandom(16)
         event = self._waiting[token] = threading.Event()
-        subs = [Subscription(f, SYNC_QOS, handler) for f in filters]
+        subs = [Subscription(f, SYNC_QOS, handler, no_local=no_local) for f in filters]
         request = self.session.subscribe(subs, wait=False)
         waiter, outs = self.session.publish([(self.marker_topic, token, SYNC_QOS, False)])
         waiter.add_done_callback(event.set)  # a refused marker (ACL) must not look like a drop

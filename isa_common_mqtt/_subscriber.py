@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _options(sub: Subscription) -> SubscribeOptions:
+    """MQTT 5 subscription options of ``sub``."""
+    return SubscribeOptions(qos=sub.qos, noLocal=sub.no_local)
+
+
 class Subscriber:
     """Subscribing and message routing for a session (see module docstring)."""
 
@@ -158,8 +163,7 @@ class Subscriber:
             self._check_usable()
             client = self._require_connected()
             if self.protocol == paho.MQTTv5:
-                rc, mid = client.subscribe([(s.topic_filter, SubscribeOptions(qos=s.qos))
-                                            for s in subscriptions])
+                rc, mid = client.subscribe([(s.topic_filter, _options(s)) for s in subscriptions])
             else:
                 rc, mid = client.subscribe([(s.topic_filter, s.qos) for s in subscriptions])
             if rc != paho.MQTT_ERR_SUCCESS or mid is None:
@@ -217,8 +221,7 @@ class Subscriber:
             return
         subs = list(self.subscriptions.values())
         if self.protocol == paho.MQTTv5:
-            rc, mid = client.subscribe([(s.topic_filter, SubscribeOptions(qos=s.qos))
-                                        for s in subs])
+            rc, mid = client.subscribe([(s.topic_filter, _options(s)) for s in subs])
         else:
             rc, mid = client.subscribe([(s.topic_filter, s.qos) for s in subs])
         if rc == paho.MQTT_ERR_SUCCESS and mid is not None:

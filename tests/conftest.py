@@ -4,8 +4,9 @@ subscriber that shows what really reached the broker."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import paho.mqtt.client as paho
@@ -17,6 +18,16 @@ from isa_common_mqtt.testing import BrokerAddress
 
 WAIT = 10.0
 """Upper bound for waiting on an event in a test; a healthy run never gets near it."""
+
+
+def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Poll ``condition`` until it holds (bounded); for state that has no event to wait on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
 
 
 @dataclass(frozen=True)

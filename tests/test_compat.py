@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from isa_common_mqtt import (
 )
 from isa_common_mqtt.testing import MosquittoProcess, NatsProcess, RabbitMQProcess
 
-from .conftest import WAIT, Recorder
+from .conftest import WAIT, Recorder, eventually
 
 MOSQUITTO, RABBITMQ, NATS = "mosquitto", "rabbitmq", "nats"
 ENGINES = [MOSQUITTO, RABBITMQ, NATS]
@@ -53,16 +52,6 @@ class Engine:
     def full_mqtt(self) -> bool:
         """MQTT 5, QoS 2 and $SYS (Mosquitto)."""
         return self.name == MOSQUITTO
-
-
-def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``condition`` until it holds (bounded); for state that has no event to wait on."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture(scope="module")

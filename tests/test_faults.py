@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -24,21 +24,11 @@ from isa_common_mqtt import (
 )
 from isa_common_mqtt.testing import MosquittoFactory, MosquittoProcess
 
-from .conftest import WAIT, Recorder
+from .conftest import WAIT, Recorder, eventually
 from .faultproxy import FaultProxy
 
 SLACK = 5.0
 """Generous allowance on top of a configured timeout before a call counts as hung."""
-
-
-def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``condition`` until it holds (bounded); for state that has no event to wait on."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture

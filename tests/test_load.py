@@ -18,8 +18,7 @@ import pytest
 from isa_common_mqtt import MQTTClient
 from isa_common_mqtt.testing import MosquittoFactory, MosquittoProcess
 
-from .conftest import Recorder
-from .test_faults import eventually
+from .conftest import Recorder, eventually
 
 SESSIONS = 100
 THREADS = 20

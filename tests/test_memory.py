@@ -23,8 +23,7 @@ import pytest
 from isa_common_mqtt import BufferFullError, MQTTClient, NotConnectedError, PublishTimeoutError
 from isa_common_mqtt.testing import BrokerAddress, MosquittoFactory, MosquittoProcess
 
-from .conftest import WAIT, Recorder
-from .test_session import eventually
+from .conftest import WAIT, Recorder, eventually
 
 BOUND = 500
 """max_buffered_messages of the session under test."""

@@ -26,8 +26,7 @@ from isa_common_mqtt import (
 from isa_common_mqtt._codec import encode_record
 from isa_common_mqtt.testing import BrokerAddress, MosquittoFactory
 
-from .conftest import WAIT, Recorder
-from .test_session import eventually
+from .conftest import WAIT, Recorder, eventually
 
 
 def run_python(code: str, *, wait: bool = True) -> subprocess.Popen[str]:

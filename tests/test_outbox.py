@@ -13,8 +13,7 @@ from isa_common_mqtt import BufferFullError, MQTTClient, PublishTimeoutError
 from isa_common_mqtt._outbox import Outbox
 from isa_common_mqtt.testing import BrokerAddress, MosquittoFactory
 
-from .conftest import WAIT, Recorder
-from .test_session import eventually
+from .conftest import WAIT, Recorder, eventually
 
 
 def stored(path: Path, client_id: str) -> list[bytes]:

@@ -18,8 +18,8 @@ import pytest
 from isa_common_mqtt import MQTTClient
 from isa_common_mqtt.testing import MosquittoFactory, MosquittoProcess
 
-from .conftest import WAIT, Recorder
-from .test_faults import PublishRun, eventually
+from .conftest import WAIT, Recorder, eventually
+from .test_faults import PublishRun
 
 COUNT = 300
 RESTART_AFTER = (100, 200)

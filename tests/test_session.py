@@ -6,7 +6,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,17 +19,7 @@ from isa_common_mqtt import (
 )
 from isa_common_mqtt.testing import BrokerAddress, MosquittoFactory
 
-from .conftest import WAIT, Recorder
-
-
-def eventually(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``condition`` until it holds (bounded); for state that has no event to wait on."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
+from .conftest import WAIT, Recorder, eventually
 
 
 def free_port() -> int:

@@ -477,14 +477,16 @@ class Organisation:
                 "message_rate": [(iso(m), rate[m]) for m in sorted(rate)],
                 "error_rate": [(iso(m), errors[m]) for m in sorted(errors)]}
 
-    def _topic_counts(self) -> dict[str, list[float]]:
-        """Broker topic -> [messages published, last publish time], over every writer."""
+    def _topic_records(self) -> list[dict[str, Any]]:
+        """Topic counters of every writer; this client's live counters replace theirs."""
         local = {t.session.client_id: t.counters.topics_fields(t.session.client_id)
                  for t in list(self._tracked.values())}
-        records = dict(self.ensure_synced().topics)
-        records.update(local)
+        return list({**self.ensure_synced().topics, **local}.values())
+
+    def _topic_counts(self) -> dict[str, list[float]]:
+        """Broker topic -> [messages published, last publish time], over every writer."""
         merged: dict[str, list[float]] = {}
-        for record in records.values():
+        for record in self._topic_records():
             for topic, (count, last) in record.get("topics", {}).items():
                 entry = merged.setdefault(topic, [0, 0.0])
                 entry[0] += count
@@ -536,11 +538,9 @@ class Organisation:
             online = sum(1 for i in view.devices if view.device_status(i) == DeviceStatus.ONLINE)
         sessions = list(view.live_sessions())
         today = time.strftime("%Y-%m-%d", time.gmtime())
-        local = {t.session.client_id: t.counters.topics_fields(t.session.client_id)
-                 for t in list(self._tracked.values())}
-        records = {**view.topics, **local}
-        sent = sum(r.get("days", {}).get(today, [0, 0])[0] for r in records.values())
-        received = sum(r.get("days", {}).get(today, [0, 0])[1] for r in records.values())
+        records = self._topic_records()
+        sent = sum(r.get("days", {}).get(today, [0, 0])[0] for r in records)
+        received = sum(r.get("days", {}).get(today, [0, 0])[1] for r in records)
         return {"total_devices": len(view.devices), "online_devices": online,
                 "total_topics": len(self._topic_counts()),
                 "total_subscriptions": sum(len(s.get("subscriptions", [])) for s in sessions),

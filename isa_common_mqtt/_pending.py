@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._types import Message
+from ._types import Message, MessageCallback
 
 MessageHandler = Callable[[Message], None]
 
@@ -83,7 +83,7 @@ class Subscription:
     qos: int
     handler: MessageHandler | None
     """Internal handler run on the network thread; None means the user callback below."""
-    callback: Callable[[str, bytes, int, bool, float], object] | None = None
+    callback: MessageCallback | None = None
     no_local: bool = False
     """MQTT 5: the broker does not send this connection's own publishes back."""
 

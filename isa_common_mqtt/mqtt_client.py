@@ -13,7 +13,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from ._codec import as_bytes, encode_json, encode_msgpack
@@ -29,7 +29,7 @@ from ._options import ClientOptions
 from ._organisation import Organisation
 from ._outbox import Outbox
 from ._pending import Subscription, Will
-from ._registry import Schema, check_path_part
+from ._registry import Schema, check_path_part, iso
 from ._session import Session
 from ._snapshot import MarkerChannel
 from ._topics import (
@@ -70,10 +70,6 @@ def _check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise InvalidArgumentError(f"{name} must be True or False, not {value!r}")
     return value
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
 class MQTTClient:
@@ -297,7 +293,7 @@ class MQTTClient:
         """Connection state and counters of one session (measured by this session)."""
         s = self._session(session_id)
         host, port = s.endpoint or ("?", 0)
-        return {"connected": s.ready, "connected_at": _iso(s.connected_at),
+        return {"connected": s.ready, "connected_at": iso(s.connected_at),
                 "messages_sent": s.messages_sent, "messages_received": s.messages_received,
                 "bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received,
                 "messages_dropped": s.messages_dropped, "publish_errors": s.publish_errors,

@@ -5,7 +5,14 @@ the subscriber's callback (same process, so the same clock) takes the difference
 ``MQTTClient.publish(qos=1)`` and a ``subscribe(callback=...)`` session. Reference: two raw
 paho clients with ``loop_start``, ``publish`` + ``wait_for_publish`` and ``on_message``.
 
-    python -m benchmarks.latency [--runs 5] [--rate 1000] [--seconds 1] [--quick] [-v]
+A second table times request/response exchanges in which the broker answers with several
+small packets back to back (a retained read: SUBACK, then the message), which Mosquitto's
+default ``set_tcp_nodelay false`` holds back until the client acknowledges the first one.
+Ours: ``get_retained_message()``. Reference: raw paho subscribes, waits for the retained
+message and unsubscribes (it cannot tell "none retained" without a timeout, so one is set).
+
+    python -m benchmarks.latency [--runs 5] [--rate 1000] [--seconds 1] [--reads 200]
+                                 [--quick] [-v]
 """
 
 from __future__ import annotations
@@ -120,14 +127,49 @@ def run_once(side: Side, rate: float, seconds: float) -> None:
                       "p99": percentile(values, 99), "rate": count / took})
 
 
+def retained_reads(b: Broker, reads: int) -> dict[str, list[float]]:
+    """Milliseconds per retained read, ours and raw paho's, on the same retained message."""
+    topic = f"bench/latency/retained/{uuid.uuid4().hex[:8]}"
+    client = MQTTClient(b.host, b.port, protocol="3.1.1", track_in_registry=False)
+    client.set_retained_message(topic, PAYLOAD)
+    times: dict[str, list[float]] = {"ours": [], "paho": []}
+    for _ in range(reads):
+        t0 = time.perf_counter()
+        if not client.get_retained_message(topic)["found"]:
+            raise RuntimeError("the retained message was not read back")
+        times["ours"].append((time.perf_counter() - t0) * 1000)
+    reader = paho_client(f"bench-lat-ret-{uuid.uuid4().hex[:8]}", b.host, b.port)
+    got, unsubscribed = threading.Event(), threading.Event()
+    reader.on_message = lambda *_a: got.set()
+    reader.on_unsubscribe = lambda *_a: unsubscribed.set()
+    for _ in range(reads):
+        got.clear()
+        unsubscribed.clear()
+        t0 = time.perf_counter()
+        reader.subscribe(topic, QOS)
+        if not got.wait(10):
+            raise RuntimeError("raw paho did not receive the retained message")
+        reader.unsubscribe(topic)
+        if not unsubscribed.wait(10):
+            raise RuntimeError("raw paho got no UNSUBACK")
+        times["paho"].append((time.perf_counter() - t0) * 1000)
+    paho_close(reader)
+    client.delete_retained_message(topic)
+    client.close()
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=1000.0, help="messages per second (1000)")
     parser.add_argument("--seconds", type=float, help="seconds per run (1.0; 5 runs = 5 s)")
+    parser.add_argument("--reads", type=int, help="retained reads per client (200)")
     args = parse(parser, argv)
     runs = pick(args.runs, 5, 3, args.quick)
     seconds = pick(args.seconds, 1.0, 0.5, args.quick)
+    reads = pick(args.reads, 200, 50, args.quick)
     with broker() as b:
+        read_times = retained_reads(b, reads)
         sides = [ours(b), raw_paho(b)]
         try:
             for side in sides:  # warm-up: first-call costs, TCP slow start
@@ -159,6 +201,19 @@ def main(argv: list[str] | None = None) -> None:
                 f"{seconds:g} s at {args.rate:,.0f} msg/s; max over all runs)",
                 ["client", "received/sent", "msg/s", "p50", "p90", "p99", "max"], rows,
                 ["publisher and subscriber are separate connections in one process"])
+    read_rows = []
+    for label, key in (("ours: get_retained_message()", "ours"),
+                       ("ref paho: subscribe, message, unsubscribe", "paho")):
+        values = sorted(read_times[key])
+        read_rows.append([label, f"{len(values):,}", *(f"{percentile(values, p):.3f}"
+                                                       for p in (50, 90, 99))])
+    read_rows.append(["ratio ours / ref (<1 means ours is faster)", "", *(
+        fmt_ratio(percentile(sorted(read_times["ours"]), p),
+                  percentile(sorted(read_times["paho"]), p)) for p in (50, 90, 99))])
+    print_table("Retained read round trip, ms (Mosquitto's default set_tcp_nodelay false)",
+                ["client", "reads", "p50", "p90", "p99"], read_rows,
+                ["ours also confirms that nothing else is retained (a marker after the "
+                 "snapshot): one more exchange than the reference"])
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ own) against one private Mosquitto. Kinds:
 
 * ``ours``: one ``MQTTClient(protocol="3.1.1", track_in_registry=False)``, ``connect()`` N
   times in a row (each returns after CONNACK).
+* ``ours-many``: the same client, ``connect_many()`` with N client_ids: every CONNECT is
+  sent before any CONNACK is awaited (what a gateway opening its devices' sessions uses).
 * ``paho-threads``: N raw paho clients, ``connect()`` + ``loop_start()`` each: the usual
   paho pattern, one thread and a socket pair per client; its ``select()`` cannot watch a
   file descriptor >= 1024, so past about 340 clients connections fail.
@@ -38,6 +40,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from isa_common_mqtt._engines import LOOPBACK, free_ports
+
 from ._common import (
     REPO_ROOT,
     Broker,
@@ -54,9 +58,10 @@ from ._common import (
     raise_fd_limit,
 )
 
-KINDS = ("ours", "paho-selector", "paho-threads")
+KINDS = ("ours", "ours-many", "paho-selector", "paho-threads")
 LABELS = {
     "ours": "ours: MQTTClient.connect() x N",
+    "ours-many": "ours: MQTTClient.connect_many(N ids)",
     "paho-selector": "ref paho: one selector thread (socket hooks)",
     "paho-threads": "ref paho: loop_start() per client",
 }
@@ -97,6 +102,22 @@ def _ours(host: str, port: int, n: int, deadline: float) -> Started:
         if time.monotonic() > deadline:
             break
         sids.append(client.connect(f"bench-s-{tag}-{i}")["session_id"])
+
+    def connected() -> int:
+        return sum(1 for s in sids if client.get_connection_status(s)["connected"])
+
+    return connected, client.close, time.perf_counter
+
+
+def _ours_many(host: str, port: int, n: int, deadline: float) -> Started:
+    from isa_common_mqtt import MQTTClient
+
+    client = MQTTClient(host, port, protocol="3.1.1", track_in_registry=False)
+    tag = uuid.uuid4().hex[:6]
+    result = client.connect_many(f"bench-m-{tag}-{i}" for i in range(n))
+    sids = [s["session_id"] for s in result["sessions"]]
+    for error in result["errors"][:3]:
+        print(f"connect_many: {error}", file=sys.stderr)
 
     def connected() -> int:
         return sum(1 for s in sids if client.get_connection_status(s)["connected"])
@@ -210,9 +231,9 @@ def worker(kind: str, host: str, port: int, n: int, budget: float) -> None:
     """Measure one kind in this (fresh) process, driven by the parent over stdin/stdout:
     connect and report; IDLE ... STOP brackets the idle window; CLOSE closes everything."""
     raise_fd_limit(4 * n + 1_000)
-    start_kind = {"ours": _ours, "paho-threads": _paho_threads,
+    start_kind = {"ours": _ours, "ours-many": _ours_many, "paho-threads": _paho_threads,
                   "paho-selector": _paho_selector}[kind]
-    if kind == "ours":
+    if kind.startswith("ours"):
         import isa_common_mqtt  # noqa: F401  (imports are not per-session memory)
     gc.collect()
     rss0 = proc_status("VmRSS")
@@ -276,14 +297,14 @@ class Worker:
         self.proc.wait()
 
 
-def run_group(b: Broker, kinds: list[str], n: int, idle: float, budget: float,
-              verbose: bool) -> tuple[dict[str, dict[str, Any]], float]:
+def run_group(b: Broker, ports: dict[str, int], kinds: list[str], n: int, idle: float,
+              budget: float, verbose: bool) -> tuple[dict[str, dict[str, Any]], float]:
     """Connect each kind in turn (one at a time), then measure their idle window together;
     also return Mosquitto's CPU over that window, in % of one core."""
     workers: list[Worker] = []
     try:
         for kind in kinds:
-            w = Worker(kind, b.host, b.port, n, budget)
+            w = Worker(kind, b.host, ports[kind], n, budget)
             workers.append(w)
             w.read(timeout=budget + CONNACK_WAIT + 60)
             progress(verbose, f"{kind}: {w.figures}")
@@ -334,10 +355,14 @@ def main(argv: list[str] | None = None) -> None:
     # Idle together only if the broker has file descriptors for every kind at once.
     groups = [kinds] if len(kinds) * n + 500 <= limit else [[k] for k in kinds]
     broker_idle: dict[str, list[float]] = {}
-    with broker() as b:
+    # A listener per kind: the TIME_WAIT sockets one kind's N closes leave behind are
+    # 4-tuples to its own port, so they cannot slow the next kind's connect() port search.
+    ports = dict(zip(kinds, free_ports(len(kinds)), strict=True))
+    with broker("".join(f"listener {p} {LOOPBACK}\n" for p in ports.values())) as b:
         for _ in range(runs):
             for group in groups:
-                figures, b_idle = run_group(b, group, n, idle, args.budget, args.verbose)
+                figures, b_idle = run_group(b, ports, group, n, idle, args.budget,
+                                            args.verbose)
                 for kind, f in figures.items():
                     results[kind].append(f)
                 broker_idle.setdefault(" + ".join(group), []).append(b_idle)
@@ -378,24 +403,19 @@ def report(results: dict[str, list[dict[str, Any]]], n: int, idle: float, runs: 
                 ["client", "connected", "after idle", "connect s", "close s",
                  "threads", "fds", "RSS KiB/sess", "RSS MiB", "idle CPU %"],
                 rows, notes)
-    if "ours" in results:
-        ours = {k: _median_of(results["ours"], k) for k in ("connect_s", "rss_kib_per_session",
-                                                             "idle_cpu_pct")}
-        ratio_rows = []
-        for kind in results:
-            if kind == "ours":
-                continue
-            ref = {k: _median_of(results[kind], k) for k in ours}
-            ratio_rows.append([f"ours / {LABELS[kind]}",
-                               fmt_ratio(ours["connect_s"], ref["connect_s"]),
-                               fmt_ratio(ours["rss_kib_per_session"], ref["rss_kib_per_session"]),
-                               fmt_ratio(ours["idle_cpu_pct"], ref["idle_cpu_pct"])])
+    keys = ("connect_s", "rss_kib_per_session", "idle_cpu_pct")
+    figures = {kind: {k: _median_of(rs, k) for k in keys} for kind, rs in results.items()}
+    ratio_rows = []
+    for ours in (k for k in results if k.startswith("ours")):
+        for ref in (k for k in results if not k.startswith("ours")):
+            ratio_rows.append([f"{LABELS[ours]} / {LABELS[ref]}",
+                               *(fmt_ratio(figures[ours][k], figures[ref][k]) for k in keys)])
+    if ratio_rows:
         short = [LABELS[k] for k, rs in results.items() if _median_of(rs, "connected") < n]
         print_table("Session ratios (ours / reference, <1 means ours is cheaper)",
                     ["comparison", "connect s", "RSS/session", "idle CPU"], ratio_rows,
                     [f"{label} connected fewer than {n:,}: its figures are per connected "
                      "session" for label in short])
-
 
 if __name__ == "__main__":
     main()

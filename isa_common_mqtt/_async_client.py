@@ -64,6 +64,9 @@ class AsyncMQTTClient:
                       **kwargs: Any) -> dict[str, Any]:
         return await self._run(self.sync.connect, client_id, username, password, **kwargs)
 
+    async def connect_many(self, sessions: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
+        return await self._run(self.sync.connect_many, list(sessions))
+
     async def disconnect(self, session_id: str) -> dict[str, Any]:
         return await self._run(self.sync.disconnect, session_id)
 

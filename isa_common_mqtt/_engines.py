@@ -81,7 +81,7 @@ def _find_executable(name: str, paths: tuple[str, ...]) -> str | None:
     return found or shutil.which(name)
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """``count`` distinct free loopback ports (all held open until every one is chosen)."""
     with contextlib.ExitStack() as stack:
         socks = [stack.enter_context(socket.socket()) for _ in range(count)]
@@ -327,7 +327,7 @@ class RabbitMQProcess(_EngineProcess):
 
     def _launch(self) -> None:
         if self._side_ports is None:
-            *self._side_ports, mqtt_port = _free_ports(4)
+            *self._side_ports, mqtt_port = free_ports(4)
             self._port = mqtt_port if self._port is None else self._port
         epmd_port, amqp_port, dist_port = self._side_ports
         self._write_config(amqp_port)

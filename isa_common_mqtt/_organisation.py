@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,10 @@ MQTT5 = 5
 MAX_PAGE_SIZE = 1_000
 SYNC_WINDOW = 4
 """Registry slices (of 64) whose snapshots may be in flight at once during a sync."""
+ADVERTISE_DELAY = 0.1
+"""Seconds a change of this client's sessions may wait before their record is written."""
+TRACK_READ_CHUNK = 200
+"""Counter records read back per SUBSCRIBE when many sessions start being tracked."""
 
 
 def _check_page(page: object, page_size: object) -> tuple[int, int]:
@@ -105,7 +109,8 @@ class Organisation:
     """Registry operations of one organisation (see module docstring)."""
 
     def __init__(self, control: Session, markers: MarkerChannel, options: ClientOptions,
-                 organization_id: str, user_id: str, prefix: TopicPrefix) -> None:
+                 organization_id: str, user_id: str, prefix: TopicPrefix,
+                 sessions: Mapping[str, Session]) -> None:
         self.control = control
         self.markers = markers
         self.options = options
@@ -118,8 +123,12 @@ class Organisation:
         self._sync_lock = threading.Lock()
         self._own: dict[str, bytes] = {}
         self._tracked: dict[int, _Tracked] = {}
-        self._sessions: dict[str, Session] = {}
+        self._sessions = sessions
+        """The client's live sessions (its own dict, read when advertising them)."""
         self._last_client_record = b""
+        self._advert_due = False
+        self._advert_lock = threading.Lock()
+        self._advert_write_lock = threading.Lock()
         self._closed = False
         control.on_state = self._control_state
         self._schedule_flush()
@@ -135,6 +144,7 @@ class Organisation:
 
     def ensure_synced(self) -> RegistryView:
         """Make the view complete (64 slices, each with a marker) on first use."""
+        self.advertise()  # our own reads see our own session changes
         if self.synced:
             return self.view
         with self._sync_lock:
@@ -177,7 +187,7 @@ class Organisation:
             self._own.clear()
         else:
             self._last_client_record = b""
-            self.sessions_changed(None)
+            self.sessions_changed()
 
     def _apply_own(self, topic: str, payload: bytes) -> None:
         """Show our own write at once; under MQTT 3.1.1 its echo comes back later (MQTT 5
@@ -187,9 +197,15 @@ class Organisation:
         self.view.apply(topic, payload)
 
     def _write(self, topic: str, payload: bytes, wait: bool = True) -> None:
-        self._apply_own(topic, payload)
+        self._write_all([(topic, payload)], wait)
+
+    def _write_all(self, writes: list[tuple[str, bytes]], wait: bool = True) -> None:
+        """Write retained records (QoS 1), pipelined; wait for their PUBACKs if asked."""
+        for topic, payload in writes:
+            self._apply_own(topic, payload)
         try:
-            waiter, outs = self.control.publish([(topic, payload, 1, True)], raise_errors=True)
+            waiter, outs = self.control.publish([(t, p, 1, True) for t, p in writes],
+                                                raise_errors=True)
             if wait:
                 self.control.wait_published(waiter, outs, None)
         except MQTTClientError:
@@ -340,28 +356,40 @@ class Organisation:
         payload = status_record(device_id, DeviceStatus.OFFLINE, time.time(), None, "last will")
         return Will(self.schema.status(device_id), payload, 1, True)
 
-    def track(self, session: Session, device_id: str | None) -> None:
-        """Count a session's traffic (and bind it to ``device_id``) in the registry."""
-        if device_id is not None:
-            self.require(device_id)
-        writer = session.client_id
-        metrics = None
-        if device_id is not None:
-            metrics = self.view.metrics.get(device_id, {}).get(writer)
-        previous = self.markers.read_retained(self.schema.topics(writer),
-                                              self.options.request_timeout)
-        topics_msg = previous.get(self.schema.topics(writer))
-        topics = None
-        if topics_msg is not None:
-            topics = decode_record(topics_msg.payload)
-        counters = Counters.from_records(metrics, topics)
-        self._tracked[id(session)] = _Tracked(session, device_id, counters)
-        session.on_sent = lambda topic, n: counters.sent(topic, n, time.time())
-        session.on_received = lambda topic, n: counters.received(n, time.time())
-        if device_id is not None:
-            self._write(self.schema.status(device_id),
-                        status_record(device_id, DeviceStatus.ONLINE, time.time(),
-                                      session.client_id, "session connected"))
+    def track(self, sessions: Sequence[tuple[Session, str | None]]) -> None:
+        """Count the sessions' traffic (each bound to its device, if any) in the registry,
+        carrying on from the counters an earlier run of the same client_id left."""
+        for _, device_id in sessions:
+            if device_id is not None:
+                self.require(device_id)
+        previous: dict[str, Message] = {}
+
+        def collect(message: Message) -> None:
+            if message.retained:
+                previous[message.topic] = message
+
+        topics = [self.schema.topics(session.client_id) for session, _ in sessions]
+        for start in range(0, len(topics), TRACK_READ_CHUNK):
+            self.markers.sync(topics[start:start + TRACK_READ_CHUNK], collect, keep=False,
+                              timeout=self.options.request_timeout, what="traffic counters")
+        statuses = []
+        now = time.time()
+        for session, device_id in sessions:
+            writer = session.client_id
+            metrics = None
+            if device_id is not None:
+                metrics = self.view.metrics.get(device_id, {}).get(writer)
+                statuses.append((self.schema.status(device_id),
+                                 status_record(device_id, DeviceStatus.ONLINE, now, writer,
+                                               "session connected")))
+            topics_msg = previous.get(self.schema.topics(writer))
+            counters = Counters.from_records(
+                metrics, decode_record(topics_msg.payload) if topics_msg else None)
+            self._tracked[id(session)] = _Tracked(session, device_id, counters)
+            session.on_sent = lambda topic, n, c=counters: c.sent(topic, n, time.time())
+            session.on_received = lambda topic, n, c=counters: c.received(n, time.time())
+        if statuses:
+            self._write_all(statuses)
 
     def untrack(self, session: Session) -> None:
         """Flush a session's counters; mark its device OFFLINE (a clean end sends no will)."""
@@ -409,35 +437,50 @@ class Organisation:
                 logger.warning("flushing registry counters failed: %s", exc)
         self._schedule_flush()
 
-    def sessions_changed(self, sessions: Mapping[str, Session] | None) -> None:
-        """Advertise this client's live sessions and their subscriptions (one record)."""
+    def sessions_changed(self) -> None:
+        """Note that this client's sessions changed: their record is written shortly, once
+        for a whole burst (many connects, a reconnect storm), not once per change."""
         if not self.options.track_in_registry:
             return
-        if sessions is not None:
-            self._sessions = dict(sessions)
-        entries = []
-        for session in self._sessions.values():
-            tracked = self._tracked.get(id(session))
-            entries.append({"client_id": session.client_id, "connected": session.connected,
-                            "device_id": tracked.device_id if tracked else None,
-                            "connected_at": session.connected_at,
-                            "subscriptions": sorted(f for f, s in session.subscriptions.items()
-                                                    if s.handler is None)})
-        payload = encode_record("client", {"client_id": self.control.client_id,
-                                           "user_id": self.user_id, "sessions": entries,
-                                           "updated_at": time.time()}) if entries else b""
-        if payload == self._last_client_record:
-            return
-        self._last_client_record = payload
-        try:
-            self._write(self.schema.client(self.control.client_id), payload, wait=False)
-        except MQTTClientError as exc:
-            logger.warning("advertising sessions failed: %s", exc)
+        with self._advert_lock:
+            if self._advert_due:
+                return
+            self._advert_due = True
+        loop = self.control._loop
+        loop.call_later(ADVERTISE_DELAY, lambda: loop.run_blocking(self.advertise))
+
+    def advertise(self) -> None:
+        """Write this client's live sessions and their subscriptions (one record), if due."""
+        with self._advert_write_lock:  # one writer at a time: the newest state is written last
+            with self._advert_lock:
+                if not self._advert_due or self._closed:
+                    return
+                self._advert_due = False
+            entries = []
+            for session in list(self._sessions.values()):
+                tracked = self._tracked.get(id(session))
+                entries.append({"client_id": session.client_id, "connected": session.connected,
+                                "device_id": tracked.device_id if tracked else None,
+                                "connected_at": session.connected_at,
+                                "subscriptions": sorted(
+                                    f for f, s in session.subscriptions.items()
+                                    if s.handler is None)})
+            payload = encode_record("client", {"client_id": self.control.client_id,
+                                               "user_id": self.user_id, "sessions": entries,
+                                               "updated_at": time.time()}) if entries else b""
+            if payload == self._last_client_record:
+                return
+            self._last_client_record = payload
+            try:
+                self._write(self.schema.client(self.control.client_id), payload, wait=False)
+            except MQTTClientError as exc:
+                logger.warning("advertising sessions failed: %s", exc)
 
     def close(self) -> None:
-        self._closed = True
         for tracked in list(self._tracked.values()):
             self.untrack(tracked.session)
+        self.advertise()
+        self._closed = True
 
     # == metrics and statistics ==========================================================
     def _writer_records(self, device_id: str) -> list[dict[str, Any]]:

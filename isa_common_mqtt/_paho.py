@@ -7,8 +7,11 @@ need: a ``Condition`` per message (``MQTTMessageInfo``), topic re-validation, on
 - ``enqueue_publish``: builds a PUBLISH packet for an already validated topic and queues
   it without the wake-up and write hook, so a batch is written in one go;
 - coalesces queued packets into few ``send()`` calls (``_packet_write``);
+- connects without paho's needless ``bind()`` (``_create_socket_connection``);
+- handles an accepted 3.1.1 CONNACK without paho's per-packet objects (``_handle_connack``);
 - reads the socket in 64 KiB chunks and serves paho's small reads from that buffer
-  (``_sock_recv``); ``buffered()`` tells the loop to keep reading.
+  (``_sock_recv``), acknowledging each read at once (TCP_QUICKACK); ``buffered()`` tells
+  the loop to keep reading.
 
 Everything else (CONNECT, acknowledgements, resends after a reconnect, QoS 2 flows) stays
 paho's own code. The overridden methods are private paho API, so the dependency is pinned
@@ -17,19 +20,23 @@ to paho-mqtt 2.x and ``tests/test_paho.py`` checks the behaviour they rely on.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import paho.mqtt.client as paho
-from paho.mqtt.client import MQTTMessage, MQTTMessageInfo
+from paho.mqtt.client import CallbackOnConnect_v2, MQTTMessage, MQTTMessageInfo
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 _PUBLISH = int(paho.PUBLISH)
 _DISCONNECT = int(paho.DISCONNECT)
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 WRITE_CHUNK = 256 * 1024
 READ_CHUNK = 64 * 1024
 
@@ -48,6 +55,8 @@ _WRITTEN = ReasonCode(PacketTypes.PUBACK)
 """Reason given to on_publish for a QoS 0 message: written to the socket."""
 
 
+_ACCEPTED = ReasonCode(PacketTypes.CONNACK, identifier=0)
+_NO_PROPERTIES = Properties(PacketTypes.CONNACK)  # type: ignore[no-untyped-call]
 _REASONS: dict[int, ReasonCode] = {}
 
 
@@ -69,6 +78,17 @@ def remaining_length(length: int) -> bytes:
             return bytes(out)
 
 
+def _ip_family(host: str) -> socket.AddressFamily | None:
+    """The address family of an IP address literal; None for a host name."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return family
+        except OSError:
+            continue
+    return None
+
+
 class PahoClient(paho.Client):
     """paho's client with a lean publish path and batched socket I/O (module docstring)."""
 
@@ -80,6 +100,45 @@ class PahoClient(paho.Client):
         """When bytes last arrived (paho resets its own clock when it sends a ping)."""
         self.mid_in_use: Callable[[int], bool] = lambda mid: False
         """Whether the session still waits on ``mid`` (QoS 0 not yet written)."""
+
+    def _create_socket_connection(self) -> socket.socket:
+        """paho's TCP connect, without its ``bind(("", 0))`` when no source address is set.
+
+        That bind must find a port no socket holds, TIME_WAIT ones included: with thousands
+        of recent connections it costs milliseconds per connect and can fail with
+        EADDRINUSE, where a plain ``connect()`` picks a free 4-tuple cheaply.
+        """
+        if self._bind_address or self._bind_port or self._get_proxy():
+            return super()._create_socket_connection()
+        family = _ip_family(self._host)
+        if family is None:
+            return socket.create_connection((self._host, self._port),
+                                            timeout=self._connect_timeout)
+        sock = socket.socket(family, socket.SOCK_STREAM)  # an address: no resolver round
+        try:
+            sock.settimeout(self._connect_timeout)
+            sock.connect((self._host, self._port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _handle_connack(self) -> MQTTErrorCode:
+        """paho's, without the objects it builds per CONNACK, in the common case: MQTT 3.1.1,
+        accepted, nothing to resend (anything else goes through paho's own code)."""
+        packet = self._in_packet["packet"]
+        if self._protocol != paho.MQTTv311 or len(packet) != 2 or packet[1] != 0 \
+                or self._out_messages:
+            return super()._handle_connack()
+        self._state = paho._ConnectionState.MQTT_CS_CONNECTED  # type: ignore[attr-defined]
+        self._reconnect_delay = None
+        self._mqttv5_first_connect = False
+        on_connect = cast(CallbackOnConnect_v2 | None, self._on_connect)
+        if on_connect is not None:
+            with self._in_callback_mutex:
+                on_connect(self, self._userdata, paho.ConnectFlags(bool(packet[0] & 1)),
+                           _ACCEPTED, _NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _ssl_wrap_socket(self, tcp_sock: Any) -> Any:
         """paho's TLS handshake, but the socket is closed when the handshake fails."""
@@ -280,6 +339,12 @@ class PahoClient(paho.Client):
                 return data  # closed by the peer
             self._rbuf, self._rpos = data, 0
             self.last_recv = time.monotonic()
+            if _QUICKACK is not None:
+                # Acknowledge at once: a broker with Nagle on (Mosquitto's default) holds its
+                # next small packet (a SUBACK, a marker) until we ACK, and Linux's delayed
+                # ACK makes that wait up to 40 ms. Linux resets the option, so set it per read.
+                with contextlib.suppress(OSError, AttributeError):
+                    cast(socket.socket, self._sock).setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         start = self._rpos
         self._rpos = min(start + bufsize, len(self._rbuf))
         return self._rbuf[start:self._rpos]

@@ -28,7 +28,7 @@ from typing import Any
 
 from ._codec import decode_record, encode_record
 from ._errors import InvalidDeviceIdError, RegistryError
-from ._topics import discouraged, matches
+from ._topics import DISCOURAGED, matches
 from ._types import DeviceStatus
 
 SHARDS = 64
@@ -45,7 +45,7 @@ def check_path_part(value: object, what: str = "device_id") -> str:
     not starting with ``$`` (reserved for broker topics), at most 128 UTF-8 bytes."""
     if not isinstance(value, str) or not value:
         raise InvalidDeviceIdError(f"{what} must be a non-empty str, not {value!r}")
-    bad = sorted({c for c in value if c in "/+#\x00" or discouraged(c)})
+    bad = sorted({c for c in value if c in "/+#\x00"} | set(DISCOURAGED.findall(value)))
     if bad:
         raise InvalidDeviceIdError(f"{what} {value!r} contains {bad!r}; '/', '+', '#', NUL "
                                    "and control characters cannot be used in a topic level")

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import random
+import select
 import socket
 import threading
 import time
@@ -76,10 +77,10 @@ class Session(Publisher, Subscriber):
     """One MQTT connection (see module docstring)."""
 
     __slots__ = (
+        "_awaiting_connack",
         "_backoff",
         "_by_mid",
         "_client",
-        "_connack",
         "_connect_error",
         "_connecting",
         "_dispatcher",
@@ -94,6 +95,7 @@ class Session(Publisher, Subscriber):
         "_io_lock",
         "_lock",
         "_loop",
+        "_opening",
         "_outbox",
         "_outgoing",
         "_password",
@@ -160,7 +162,11 @@ class Session(Publisher, Subscriber):
         """Waited on for buffer room and acknowledgements; created by the first waiter."""
         self._io_lock = threading.Lock()  # paho's loop_* calls; never held while waiting
         self._connecting = False
-        self._events: collections.deque[Callable[[], None]] = collections.deque()
+        self._opening = False
+        """The caller of open() reads the CONNACK itself; the loop gets the socket after."""
+        self._events: list[Callable[[], None]] = []
+        """What paho reported, to run under the session lock (a list: an empty deque costs
+        ten times the memory, and idle sessions are many)."""
         self._draining = False
         self._pumping = False
         self._repump = False
@@ -173,8 +179,8 @@ class Session(Publisher, Subscriber):
         self.closing = False
         self.closed = False
         self.stopped_reason: MQTTClientError | None = None
-        self._connack: threading.Event | None = None
-        """Set by CONNACK (or a close before it) while open() waits; None afterwards."""
+        self._awaiting_connack = False
+        """CONNECT sent by open(); cleared by the CONNACK or a close before it."""
         self._connect_error: BaseException | None = None
         self._ever_connected = False
         self._backoff = options.reconnect_min_delay
@@ -227,7 +233,6 @@ class Session(Publisher, Subscriber):
                     self._connect_once(host, port, protocol, deadline)
                     if refusal is not None:  # only once 3.1.1 worked: else it says nothing
                         self.capabilities.v5_refusal = refusal
-                    self._connack = None
                     self._probe()
                     return
                 except _ProtocolRefused as exc:
@@ -360,10 +365,16 @@ class Session(Publisher, Subscriber):
         return {"clean_start": self.clean_session, "properties": properties}
 
     def _connect_once(self, host: str, port: int, protocol: int, deadline: float) -> None:
+        self._send_connect(host, port, protocol, deadline)
+        self._await_connack(deadline)
+
+    def _send_connect(self, host: str, port: int, protocol: int, deadline: float) -> None:
+        """TCP connect and write CONNECT; the CONNACK is awaited by _await_connack."""
         self.protocol = protocol
         self.endpoint = (host, port)
-        connack = self._connack = threading.Event()
+        self._awaiting_connack = True
         self._connect_error = None
+        self._opening = True
         client = self._client = self._new_client(protocol)
         client.connect_timeout = max(deadline - time.monotonic(), 0.05)
         self._loop.add_pollable(self)
@@ -371,12 +382,45 @@ class Session(Publisher, Subscriber):
             with self._connecting_io():
                 client.connect(host, port, self.keep_alive, **self._connect_args())
         except OSError as exc:
+            self._opening = False
             self._loop.remove_pollable(self)
             raise BrokerUnavailableError(
                 f"cannot connect to the MQTT broker at {host}:{port}: {exc}; check that the "
                 "broker runs and that host and port are right", host=host, port=port) from exc
         self._drain()
-        if not connack.wait(max(deadline - time.monotonic(), 0)):
+
+    def _await_connack(self, deadline: float) -> None:
+        """Read the CONNACK on this (the caller's) thread, then hand the socket to the loop.
+
+        Reading it here spares a wake-up of the network thread per connect and, when many
+        sessions open at once, keeps the two threads from taking turns on the GIL.
+        """
+        client = self._client
+        assert client is not None
+        host, port = self.endpoint or ("?", 0)
+        try:
+            sock = client.socket()
+            poller = select.poll()
+            if sock is not None:
+                poller.register(sock, select.POLLIN)
+            while sock is not None and client.socket() is sock and self._awaiting_connack:
+                with self._io_lock:
+                    if client.want_write():  # CONNECT did not fit in the socket at once
+                        client.loop_write()
+                # Past the deadline, a CONNACK that already arrived still counts: with many
+                # sessions opening at once, it may have waited for us rather than we for it.
+                remaining = max(deadline - time.monotonic(), 0)
+                if not poller.poll(remaining * 1000):
+                    if remaining:
+                        continue
+                    break
+                with self._io_lock:
+                    self._read_all(client)
+                self._drain()
+        finally:
+            self._opening = False
+        if self._awaiting_connack:
+            self._awaiting_connack = False
             self._abandon(client)
             raise BrokerUnavailableError(
                 f"the MQTT broker at {host}:{port} did not answer CONNECT within "
@@ -384,6 +428,11 @@ class Session(Publisher, Subscriber):
         if self._connect_error is not None:
             self._abandon(client)
             raise self._connect_error
+        sock = client.socket()
+        if sock is not None:
+            self._loop.register(sock, self)
+            if client.want_write():
+                self._loop.want_write(sock)
 
     def _abandon(self, client: PahoClient) -> None:
         self._loop.remove_pollable(self)
@@ -459,7 +508,8 @@ class Session(Publisher, Subscriber):
         # a socket that is not TCP (unix, websocket wrapper) has no such option.
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._loop.register(sock, self)
+        if not self._opening:
+            self._loop.register(sock, self)
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._loop.unregister(sock)
@@ -540,7 +590,7 @@ class Session(Publisher, Subscriber):
         now = time.monotonic()
         if self._outbox is not None:
             self._outbox.flush()
-        if self._connecting or client.socket() is None:
+        if self._connecting or self._opening or client.socket() is None:
             return check_every
         silent = now - client.last_recv
         if self.connected and silent > 1.5 * keep_alive:
@@ -586,10 +636,17 @@ class Session(Publisher, Subscriber):
         try:
             events = self._events
             while events:
-                try:
-                    events.popleft()()
-                except Exception:  # one bad packet must not stall the events behind it
-                    logger.exception("session %s: event handler failed", self.client_id)
+                done = 0
+                try:  # paho's threads only append meanwhile: run a prefix, then drop it
+                    for event in events[:len(events)]:
+                        done += 1
+                        try:
+                            event()
+                        except Exception:  # one bad packet must not stall the events behind
+                            logger.exception("session %s: event handler failed",
+                                             self.client_id)
+                finally:
+                    del events[:done]
         finally:
             self._draining = False
 
@@ -600,7 +657,7 @@ class Session(Publisher, Subscriber):
         if code != 0:
             if not self._ever_connected:
                 self._connect_error = self._connack_error(code, str(reason))
-                self._set_connack()
+                self._awaiting_connack = False
             else:
                 logger.warning("session %s: broker refused reconnect: %s", self.client_id, reason)
                 if code in _AUTH_FAILURES:
@@ -619,16 +676,12 @@ class Session(Publisher, Subscriber):
             self.capabilities.qos2 = maximum_qos == 2
         if not first and not self.session_present and self.subscriptions:
             self._resubscribe()
-        self._set_connack()
+        self._awaiting_connack = False
         self._pump()
         self._notify_room()
         if not first:
             logger.info("session %s: reconnected to %s:%d", self.client_id, *self.endpoint or ())
         self._notify_state()
-
-    def _set_connack(self) -> None:
-        if self._connack is not None:
-            self._connack.set()
 
     def _connack_error(self, code: int, text: str) -> BaseException:
         host, port = self.endpoint or ("?", 0)
@@ -652,8 +705,8 @@ class Session(Publisher, Subscriber):
         was_connected = self.connected
         self.connected = False
         lived = time.time() - (self.connected_at or 0)
-        if not self._ever_connected and self._connack is not None \
-                and not self._connack.is_set():  # closed before CONNACK: some refuse v5 so
+        if not self._ever_connected and self._awaiting_connack:
+            # Closed before CONNACK: some brokers refuse MQTT 5 so.
             refused_v5 = self.protocol == paho.MQTTv5
             host, port = self.endpoint or ("?", 0)
             self._connect_error = (_ProtocolRefused("closed without CONNACK", how="closed")
@@ -662,7 +715,7 @@ class Session(Publisher, Subscriber):
                                        "connection before CONNACK (a TLS port without "
                                        "tls=..., or a broker refusing this client)",
                                        host=host, port=port))
-            self._set_connack()
+            self._awaiting_connack = False
             return
         if not self._ever_connected:
             # open() handles a connection that never got going (e.g. NATS closing after
@@ -759,6 +812,43 @@ class Session(Publisher, Subscriber):
             self.closed = True
             self._fail_all(NotConnectedError(f"session {self.client_id!r} was disconnected"))
         self._dispatcher.wait_idle(self, min(max(deadline - time.monotonic(), 0.1), 2.0))
+
+
+def open_many(sessions: Sequence[Session]) -> list[MQTTClientError | None]:
+    """Open sessions with every CONNECT written before any CONNACK is awaited.
+
+    The first session opens alone: it finds the endpoint and protocol that work, and raises
+    as ``open()`` does when the broker cannot be reached. The others connect the same way,
+    pipelined. Returns each session's error (None: connected); when the broker stops
+    accepting connections part-way, the sessions not yet tried get that error too.
+    """
+    errors: list[MQTTClientError | None] = [None] * len(sessions)
+    if not sessions:
+        return errors
+    first = sessions[0]
+    first.open()
+    host, port = first.endpoint or ("?", 0)
+    sent: list[tuple[int, Session, float]] = []
+    for index in range(1, len(sessions)):
+        session = sessions[index]
+        deadline = time.monotonic() + session.options.connect_timeout
+        try:
+            session._send_connect(host, port, first.protocol, deadline)
+        except BrokerUnavailableError as exc:
+            errors[index:] = [exc] * (len(sessions) - index)
+            break
+        sent.append((index, session, deadline))
+    for index, session, deadline in sent:
+        try:
+            session._await_connack(deadline)
+        except _ProtocolRefused:  # the first one was not refused: try every way again
+            try:
+                session.open()
+            except MQTTClientError as exc:
+                errors[index] = exc
+        except MQTTClientError as exc:
+            errors[index] = exc
+    return errors
 
 
 class _ProtocolRefused(MQTTClientError):

@@ -20,6 +20,7 @@ from ._codec import as_bytes, encode_json, encode_msgpack
 from ._discovery import ConsulSettings, resolve_endpoints
 from ._errors import (
     BrokerConnectionError,
+    DeviceNotFoundError,
     InvalidArgumentError,
     InvalidQoSError,
     MQTTClientError,
@@ -30,14 +31,14 @@ from ._organisation import Organisation
 from ._outbox import Outbox
 from ._pending import Subscription, Will
 from ._registry import Schema, check_path_part, iso
-from ._session import Session
+from ._session import Session, open_many
 from ._snapshot import MarkerChannel
 from ._topics import (
+    DISCOURAGED,
     TopicPrefix,
     check_filter,
     check_publishable,
     check_topic,
-    discouraged,
     topic_violations,
 )
 from ._types import DeviceStatus, Message, MessageCallback
@@ -64,6 +65,18 @@ def _check_qos(qos: object) -> int:
     if isinstance(qos, bool) or not isinstance(qos, int):
         raise InvalidQoSError(f"qos must be the int 0, 1 or 2, not {qos!r}")
     raise InvalidQoSError(f"qos must be 0, 1 or 2, not {qos}")
+
+
+def _valid_client_id(client_id: object) -> bool:
+    """A non-empty MQTT string (at most 65,535 UTF-8 bytes, no NUL, surrogates or
+    characters the specification discourages)."""
+    if not isinstance(client_id, str) or not client_id or "\x00" in client_id \
+            or DISCOURAGED.search(client_id):
+        return False
+    try:
+        return len(client_id.encode("utf-8")) <= 65_535
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
 
 
 def _check_bool(value: object, name: str) -> bool:
@@ -178,7 +191,8 @@ class MQTTClient:
             if self._registry is None:
                 session, markers = self._control_session()
                 self._registry = Organisation(session, markers, self.options,
-                                              self.organization_id, self.user_id, self._prefix)
+                                              self.organization_id, self.user_id, self._prefix,
+                                              self._sessions)
             registry = self._registry
         registry.control.ensure_connected(self.options.connect_timeout)
         return registry
@@ -233,10 +247,63 @@ class MQTTClient:
                 will_topic: str | None = None, will_payload: bytes = b"", will_qos: int = 0,
                 will_retain: bool = False, device_id: str | None = None) -> dict[str, Any]:
         """Open a session: a real MQTT connection with its own ``client_id``."""
-        if not isinstance(client_id, str) or not client_id or "\x00" in client_id \
-                or any(discouraged(c) for c in client_id) \
-                or len(client_id.encode("utf-8", "surrogatepass")) > 65_535 \
-                or any("\ud800" <= c <= "\udfff" for c in client_id):
+        session, device_id = self._prepare(
+            client_id, username, password, clean_session=clean_session, keep_alive=keep_alive,
+            will_topic=will_topic, will_payload=will_payload, will_qos=will_qos,
+            will_retain=will_retain, device_id=device_id)
+        session.open()
+        opened = self._adopt([(session, device_id)])[0]
+        host, port = session.endpoint or ("?", 0)
+        return {"success": True, **opened,
+                "message": f"connected to {host}:{port} as {client_id!r}"}
+
+    def connect_many(self, sessions: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
+        """Open many sessions at once: every CONNECT is sent before any CONNACK is awaited.
+
+        Items are client_ids, or dicts of ``connect()``'s arguments (``client_id`` required).
+        Invalid items and refused connections are reported in ``errors`` by index; a
+        broker that cannot be reached at all raises, as ``connect()`` does.
+        """
+        prepared: list[tuple[int, Session, str | None]] = []
+        errors: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for index, item in enumerate(sessions):
+            kwargs = {"client_id": item} if isinstance(item, str) else item
+            try:
+                if not isinstance(kwargs, Mapping):
+                    raise InvalidArgumentError(
+                        f"a session must be a client_id or a dict of connect() arguments, "
+                        f"not {item!r}")
+                session, device_id = self._prepare(**kwargs)
+                if session.client_id in seen:
+                    raise InvalidArgumentError(
+                        f"client_id {session.client_id!r} appears twice: the broker would "
+                        "close the first connection when the second one arrives")
+                seen.add(session.client_id)
+                prepared.append((index, session, device_id))
+            except (InvalidArgumentError, DeviceNotFoundError, TypeError) as exc:
+                errors.append({"index": index, "client_id": kwargs.get("client_id")
+                               if isinstance(kwargs, Mapping) else None, "error": str(exc)})
+        failures = open_many([session for _, session, _ in prepared])
+        opened = []
+        for (index, session, device_id), failure in zip(prepared, failures, strict=True):
+            if failure is None:
+                opened.append((session, device_id))
+            else:
+                errors.append({"index": index, "client_id": session.client_id,
+                               "error": str(failure)})
+        results = self._adopt(opened)
+        errors.sort(key=lambda e: e["index"])
+        return {"success": not errors, "connected_count": len(results),
+                "failed_count": len(errors), "sessions": results, "errors": errors}
+
+    def _prepare(self, client_id: str, username: str = "", password: str = "", *,
+                 clean_session: bool = True, keep_alive: int | None = None,
+                 will_topic: str | None = None, will_payload: bytes = b"", will_qos: int = 0,
+                 will_retain: bool = False, device_id: str | None = None,
+                 ) -> tuple[Session, str | None]:
+        """Check connect()'s arguments and build the session, not yet connected."""
+        if not _valid_client_id(client_id):
             raise InvalidArgumentError(f"client_id must be a non-empty str, not {client_id!r}")
         _check_bool(clean_session, "clean_session")
         if keep_alive is not None and (type(keep_alive) is not int or not 0 < keep_alive <= 65_535):
@@ -249,33 +316,41 @@ class MQTTClient:
                     "will_topic cannot be combined with device_id")
             will = Will(self._prefix.add(check_publishable(will_topic)), as_bytes(will_payload),
                         _check_qos(will_qos), _check_bool(will_retain, "will_retain"))
-        registry = None
-        if device_id is not None or self.options.track_in_registry:
+        if device_id is not None:
             registry = self._reg()
-        if device_id is not None and registry is not None:
             registry.require(check_path_part(device_id))
             will = registry.device_will(device_id)
         session = self._new_session(client_id, username=username or None,
                                     password=password or None, clean_session=clean_session,
                                     keep_alive=keep_alive, will=will, outbox=self._outbox())
-        session.open()
-        session.resend_stored()
-        session_id = uuid.uuid4().hex
-        with self._lock:
-            self._sessions[session_id] = session
-        if registry is not None:
+        return session, device_id
+
+    def _adopt(self, opened: Sequence[tuple[Session, str | None]]) -> list[dict[str, Any]]:
+        """Take connected sessions into this client (and the registry); for each, its
+        session_id, client_id, session_present and protocol."""
+        results: list[dict[str, Any]] = []
+        for session, _ in opened:
+            session.resend_stored()
+            session_id = uuid.uuid4().hex
+            with self._lock:
+                self._sessions[session_id] = session
+            results.append({"session_id": session_id, "client_id": session.client_id,
+                            "session_present": session.session_present,
+                            "protocol": "5" if session.protocol == 5 else "3.1.1"})
+        tracked = [pair for pair in opened
+                   if pair[1] is not None or self.options.track_in_registry]
+        if tracked:
+            registry = self._reg()
             try:
-                registry.track(session, device_id)
+                registry.track(tracked)
             except MQTTClientError:
-                self.disconnect(session_id)
+                for result in results:
+                    self.disconnect(result["session_id"])
                 raise
-            registry.sessions_changed(self._sessions)
-            session.on_state = lambda _s: registry.sessions_changed(None)
-        host, port = session.endpoint or ("?", 0)
-        return {"success": True, "session_id": session_id,
-                "message": f"connected to {host}:{port} as {client_id!r}",
-                "session_present": session.session_present, "client_id": client_id,
-                "protocol": "5" if session.protocol == 5 else "3.1.1"}
+            registry.sessions_changed()
+            for session, _ in tracked:
+                session.on_state = lambda _s: registry.sessions_changed()
+        return results
 
     def disconnect(self, session_id: str) -> dict[str, Any]:
         """End a session cleanly (no Last Will), after a bounded wait for acknowledgements."""
@@ -286,7 +361,7 @@ class MQTTClient:
         with self._lock:
             self._sessions.pop(session_id, None)
         if self._registry is not None:
-            self._registry.sessions_changed(self._sessions)
+            self._registry.sessions_changed()
         return {"success": True, "message": f"session {session.client_id!r} disconnected"}
 
     def get_connection_status(self, session_id: str) -> dict[str, Any]:
@@ -398,7 +473,7 @@ class MQTTClient:
                                      _check_qos(item.get("qos", 1)), None, callback))
         request = session.subscribe(subs)
         if self._registry is not None:
-            self._registry.sessions_changed(self._sessions)
+            self._registry.sessions_changed()
         return {"success": True, "granted_qos": request.codes}
 
     def unsubscribe(self, session_id: str, topic_filters: str | Sequence[str]) -> int:
@@ -407,7 +482,7 @@ class MQTTClient:
         filters = [topic_filters] if isinstance(topic_filters, str) else list(topic_filters)
         removed = session.unsubscribe([self._prefix.add(check_filter(f)) for f in filters])
         if self._registry is not None:
-            self._registry.sessions_changed(self._sessions)
+            self._registry.sessions_changed()
         return removed
 
     def list_subscriptions(self, session_id: str) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ from ._engines import (
     NatsProcess,
     RabbitMQProcess,
     accepts_tcp,
+    free_ports,
     read_from,
 )
 
@@ -140,14 +141,6 @@ def _unix_docker_ping(path: str, timeout: float) -> bool:
     return reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0]
 
 
-def _free_port() -> int:
-    """Ask the kernel for a currently free TCP port on the loopback interface."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class MosquittoProcess:
     """A private ``mosquitto`` on 127.0.0.1 with its own config, data and log in a temp dir.
 
@@ -237,7 +230,7 @@ class MosquittoProcess:
             self._launch(self._port)
             return
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            port = _free_port()
+            port = free_ports(1)[0]
             try:
                 self._launch(port)
             except RuntimeError as exc:

@@ -157,6 +157,21 @@ def test_a_device_session_is_online_while_connected_and_offline_after(
     assert client.get_device_info("bound")["status"] == DeviceStatus.OFFLINE
 
 
+def test_connect_many_binds_each_session_to_its_device(client: MQTTClient) -> None:
+    tag = uuid.uuid4().hex[:6]
+    devices = [f"many-{tag}-{i}" for i in range(3)]
+    client.register_devices([{"device_id": d, "device_name": d} for d in devices])
+    result = client.connect_many([{"client_id": f"s-{d}", "device_id": d} for d in devices]
+                                 + [{"client_id": f"s-ghost-{tag}", "device_id": "ghost"}])
+    assert result["connected_count"] == 3
+    assert [e["index"] for e in result["errors"]] == [3]
+    assert "register_device" in result["errors"][0]["error"]
+    assert [client.get_device_info(d)["status"] for d in devices] == [DeviceStatus.ONLINE] * 3
+    for session in result["sessions"]:
+        client.disconnect(session["session_id"])
+    assert [client.get_device_info(d)["status"] for d in devices] == [DeviceStatus.OFFLINE] * 3
+
+
 def test_binding_a_session_needs_a_registered_device(client: MQTTClient) -> None:
     with pytest.raises(DeviceNotFoundError, match="register_device"):
         client.connect("nobody", device_id="not-registered")

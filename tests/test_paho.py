@@ -1,6 +1,6 @@
 """Our paho subclass must put exactly paho's bytes on the wire and read them back the same,
-only with fewer objects and system calls. A socketpair stands in for the connection: these
-are encoding and buffering checks; broker behaviour is tested against Mosquitto elsewhere."""
+only with fewer objects and system calls. A socketpair stands in for the connection in the
+encoding and buffering checks; the TCP connect is checked against Mosquitto."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from isa_common_mqtt._paho import PahoClient, remaining_length
+from isa_common_mqtt.testing import BrokerAddress
 
 
 @pytest.fixture(params=[paho.MQTTv311, paho.MQTTv5], ids=["3.1.1", "5"])
@@ -217,3 +218,58 @@ def test_message_ids_still_outstanding_are_skipped_after_the_wrap() -> None:
     client.mid_in_use = lambda mid: mid == 4  # e.g. a QoS 0 packet not yet written
     client._last_mid = 65_534
     assert [client.enqueue_publish(b"t", b"p", 1, False) for _ in range(2)] == [65_535, 5]
+
+
+@pytest.mark.parametrize("flags,session_present", [(0, False), (1, True)])
+def test_an_accepted_311_connack_is_reported_as_paho_reports_it(
+        flags: int, session_present: bool) -> None:
+    """Our lean path for the common CONNACK gives on_connect what paho's own handler gives."""
+    reports = []
+    for cls in (paho.Client, PahoClient):
+        ours, theirs = socket.socketpair()
+        client = cls(CallbackAPIVersion.VERSION2, client_id="c", protocol=paho.MQTTv311)
+        client.on_connect = lambda c, u, f, reason, props: reports.append(
+            (f.session_present, reason.value, str(reason), c.is_connected()))
+        client._sock = ours
+        theirs.sendall(bytes((0x20, 2, flags, 0)))
+        client.loop_read()
+        ours.close()
+        theirs.close()
+    assert reports[0] == reports[1] == (session_present, 0, "Success", True)
+
+
+@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5], ids=["3.1.1", "5"])
+def test_a_refused_connack_still_goes_through_paho(protocol: int) -> None:
+    ours, theirs = socket.socketpair()
+    client = PahoClient(CallbackAPIVersion.VERSION2, client_id="c", protocol=protocol)
+    reasons = []
+    client.on_connect = lambda c, u, f, reason, props: reasons.append(reason.value)
+    client._sock = ours
+    theirs.sendall(bytes((0x20, 2, 0, 5)) if protocol == paho.MQTTv311
+                   else bytes((0x20, 3, 0, 0x87, 0)))
+    client.loop_read()
+    assert reasons == [135]  # 3.1.1 "not authorized" is reported as v5's 0x87, as paho does
+    assert not client.is_connected()
+    ours.close()
+    theirs.close()
+
+
+def test_a_client_with_a_source_address_still_binds_to_it(mqtt_broker: BrokerAddress) -> None:
+    """Only paho's needless bind(("", 0)) is skipped: an asked-for source address is used."""
+    client = PahoClient(CallbackAPIVersion.VERSION2, client_id="bound-source",
+                        protocol=paho.MQTTv311)
+    client.connect(mqtt_broker.host, mqtt_broker.port, bind_address="127.0.0.1", bind_port=0)
+    sock = client.socket()
+    assert sock is not None and sock.getsockname()[0] == "127.0.0.1"
+    client._sock_close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_address_literals_and_host_names_both_connect(mqtt_broker: BrokerAddress,
+                                                      host: str) -> None:
+    client = PahoClient(CallbackAPIVersion.VERSION2, client_id=f"by-{host}",
+                        protocol=paho.MQTTv311)
+    client.connect(host, mqtt_broker.port)
+    sock = client.socket()
+    assert sock is not None and sock.getpeername()[1] == mqtt_broker.port
+    client._sock_close()

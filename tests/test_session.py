@@ -39,6 +39,14 @@ def test_dead_broker_raises_connection_error_naming_host_and_port() -> None:
     client.close()
 
 
+def test_connect_many_to_a_dead_broker_raises_naming_host_and_port() -> None:
+    port = free_port()
+    client = MQTTClient(host="127.0.0.1", port=port, connect_timeout=2)
+    with pytest.raises(BrokerUnavailableError, match=f"127.0.0.1:{port}"):
+        client.connect_many(["first", "second"])
+    client.close()
+
+
 def test_silent_listener_times_out_within_connect_timeout() -> None:
     """A socket that accepts but never answers CONNECT (a hung broker) must not hang us."""
     with socket.socket() as listener:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from isa_common_mqtt import InvalidTopicError
 from isa_common_mqtt._topics import (
+    DISCOURAGED,
     MAX_TOPIC_BYTES,
     TopicPrefix,
     check_filter,
@@ -403,3 +404,14 @@ def test_control_characters_are_refused(topic: str) -> None:
     assert any("control characters" in v for v in topic_violations(topic))
     with pytest.raises(InvalidTopicError, match="control characters"):
         check_topic(topic)
+
+
+def test_discouraged_characters_are_exactly_the_specifications_list() -> None:
+    """Control characters U+0001-U+001F and U+007F-U+009F, and the Unicode noncharacters
+    U+FDD0-U+FDEF and U+xFFFE/U+xFFFF of every plane: nothing more, nothing less."""
+    def listed(code: int) -> bool:
+        return 0 < code < 0x20 or 0x7F <= code <= 0x9F or 0xFDD0 <= code <= 0xFDEF \
+            or code & 0xFFFE == 0xFFFE
+
+    found = set(map(ord, DISCOURAGED.findall("".join(map(chr, range(0x110000))))))
+    assert found == {code for code in range(0x110000) if listed(code)}

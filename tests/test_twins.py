@@ -131,6 +131,48 @@ def test_bad_input_gets_a_typed_error_and_sends_nothing(twin: Any, sid: str,
     assert twin.get_connection_status(sid)["messages_sent"] == 1
 
 
+def test_connect_many_opens_real_sessions_in_order(twin: Any, recorder: Recorder,
+                                                   unique_topic: str) -> None:
+    ids = [f"many-{uuid.uuid4().hex[:8]}-{i}" for i in range(40)]
+    result = twin.connect_many(ids)
+    assert (result["success"], result["connected_count"], result["failed_count"]) == (True, 40, 0)
+    assert [s["client_id"] for s in result["sessions"]] == ids
+    for i, session in enumerate(result["sessions"]):
+        assert twin.get_connection_status(session["session_id"])["connected"] is True
+        twin.publish(session["session_id"], f"{unique_topic}/{i}", b"hi", qos=1)
+    assert sorted(m.topic for m in recorder.wait_for(40)) == sorted(
+        f"{unique_topic}/{i}" for i in range(40))
+
+
+def test_connect_many_reports_bad_items_by_index_and_opens_the_rest(twin: Any) -> None:
+    tag = uuid.uuid4().hex[:8]
+    result = twin.connect_many([
+        f"ok-{tag}-a", "", {"client_id": f"ok-{tag}-b", "keep_alive": 0}, 42,
+        {"client_id": f"ok-{tag}-c", "colour": "red"}, f"ok-{tag}-a",
+        {"client_id": f"ok-{tag}-d", "clean_session": False}])
+    assert (result["success"], result["connected_count"], result["failed_count"]) == (False, 2, 5)
+    assert [e["index"] for e in result["errors"]] == [1, 2, 3, 4, 5]
+    assert "keep_alive" in result["errors"][1]["error"]
+    assert "colour" in result["errors"][3]["error"]
+    assert "appears twice" in result["errors"][4]["error"]
+    assert [s["client_id"] for s in result["sessions"]] == [f"ok-{tag}-a", f"ok-{tag}-d"]
+
+
+def test_connect_many_resumes_persistent_sessions(twin: Any) -> None:
+    tag = uuid.uuid4().hex[:8]
+    kept = {"client_id": f"kept-{tag}", "clean_session": False}
+    first = twin.connect_many([kept])
+    assert first["sessions"][0]["session_present"] is False
+    twin.disconnect(first["sessions"][0]["session_id"])
+    again = twin.connect_many([f"fresh-{tag}", kept])  # the second one is pipelined
+    assert [s["session_present"] for s in again["sessions"]] == [False, True]
+
+
+def test_connect_many_of_nothing_opens_nothing(twin: Any) -> None:
+    assert twin.connect_many([]) == {"success": True, "connected_count": 0, "failed_count": 0,
+                                     "sessions": [], "errors": []}
+
+
 def test_subscribed_messages_can_be_received(twin: Any, sid: str, unique_topic: str) -> None:
     granted = twin.subscribe(sid, f"{unique_topic}/#", qos=1)
     assert granted == {"success": True, "granted_qos": 1}

@@ -382,7 +382,7 @@ class Session(Publisher, Subscriber):
             with self._connecting_io():
                 client.connect(host, port, self.keep_alive, **self._connect_args())
         except OSError as exc:
-            self._opening = False
+            self._opening = self._awaiting_connack = False
             self._loop.remove_pollable(self)
             raise BrokerUnavailableError(
                 f"cannot connect to the MQTT broker at {host}:{port}: {exc}; check that the "
@@ -818,18 +818,29 @@ def open_many(sessions: Sequence[Session]) -> list[MQTTClientError | None]:
     """Open sessions with every CONNECT written before any CONNACK is awaited.
 
     The first session opens alone: it finds the endpoint and protocol that work, and raises
-    as ``open()`` does when the broker cannot be reached. The others connect the same way,
-    pipelined. Returns each session's error (None: connected); when the broker stops
-    accepting connections part-way, the sessions not yet tried get that error too.
+    BrokerUnavailableError as ``open()`` does when the broker cannot be reached (a session
+    refused for its own reasons, such as its credentials, hands that role to the next).
+    The others connect the same way, pipelined. Returns each session's error (None:
+    connected); when the broker stops accepting connections part-way, the sessions not yet
+    tried get that error too.
     """
     errors: list[MQTTClientError | None] = [None] * len(sessions)
-    if not sessions:
+    start = 0
+    while start < len(sessions):
+        try:
+            sessions[start].open()
+            break
+        except BrokerUnavailableError:
+            raise
+        except MQTTClientError as exc:
+            errors[start] = exc
+            start += 1
+    else:
         return errors
-    first = sessions[0]
-    first.open()
+    first = sessions[start]
     host, port = first.endpoint or ("?", 0)
     sent: list[tuple[int, Session, float]] = []
-    for index in range(1, len(sessions)):
+    for index in range(start + 1, len(sessions)):
         session = sessions[index]
         deadline = time.monotonic() + session.options.connect_timeout
         try:

@@ -234,6 +234,20 @@ def test_bad_credentials_raise_authentication_error(
         acme.connect("second-login", username="acme", password="wrong")
 
 
+def test_connect_many_reports_bad_credentials_per_session(
+        password_broker: MosquittoProcess, clients: ClientFactory) -> None:
+    acme = tenant(clients, password_broker, "acme", track_in_registry=False)
+    result = acme.connect_many([
+        {"client_id": "acme-bad-1", "username": "acme", "password": "not-acmes-password"},
+        "acme-good-1",
+        {"client_id": "acme-bad-2", "username": "acme", "password": "not-acmes-password"},
+        "acme-good-2"])
+    assert [s["client_id"] for s in result["sessions"]] == ["acme-good-1", "acme-good-2"]
+    assert [e["index"] for e in result["errors"]] == [0, 2]
+    assert all("username and password" in e["error"] for e in result["errors"])
+    assert "not-acmes-password" not in str(result)
+
+
 # == the multi-tenant ACL ==================================================================
 
 @pytest.fixture

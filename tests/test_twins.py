@@ -73,6 +73,11 @@ def sid(twin: Any) -> str:
     return str(twin.connect(f"twin-{uuid.uuid4().hex[:10]}")["session_id"])
 
 
+def test_the_async_twin_has_every_public_method_of_the_sync_client() -> None:
+    public = {name for name in dir(MQTTClient) if not name.startswith("_")}
+    assert public - set(dir(AsyncMQTTClient)) == set()
+
+
 def test_publish_at_each_qos_arrives_as_sent(twin: Any, sid: str, recorder: Recorder,
                                              unique_topic: str) -> None:
     for qos in (0, 1, 2):

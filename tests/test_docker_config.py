@@ -2,98 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from isa_common_mqtt.testing import BrokerAddress, MosquittoFactory
+from isa_common_mqtt.testing import MosquittoFactory
+
+from .conftest import WAIT, paho_client, publish_retained, read_retained, wait_for_save_after
 
 CONFIG = Path(__file__).resolve().parents[1] / "docker" / "mosquitto" / "mosquitto.conf"
-WAIT = 10.0
 SNAPSHOT_SIZE = 5_000  # well above Mosquitto's default max_queued_messages of 1000
-
-
-class Inbox:
-    """Collects the messages a client receives and wakes whoever waits for them."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.messages: list[mqtt.MQTTMessage] = []
-        self.topics: set[str] = set()
-
-    def on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        with self._cond:
-            self.messages.append(message)
-            self.topics.add(message.topic)
-            self._cond.notify_all()
-
-    def wait_for(self, count: int, timeout: float = WAIT) -> list[mqtt.MQTTMessage]:
-        """Wait until ``count`` messages arrived (or the timeout ran out); return them all."""
-        with self._cond:
-            self._cond.wait_for(lambda: len(self.messages) >= count, timeout)
-            return list(self.messages)
-
-    def wait_for_topic(self, topic: str, timeout: float) -> bool:
-        """Wait until a message on ``topic`` arrived; tell whether one did."""
-        with self._cond:
-            return self._cond.wait_for(lambda: topic in self.topics, timeout)
-
-
-@contextlib.contextmanager
-def paho_client(address: BrokerAddress) -> Iterator[tuple[mqtt.Client, Inbox]]:
-    """A connected paho-mqtt 2.x client with a network thread, and its inbox."""
-    inbox = Inbox()
-    connected = threading.Event()
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:16]}"
-    )
-
-    def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not reason.is_failure:
-            connected.set()
-
-    client.on_connect = on_connect
-    client.on_message = inbox.on_message
-    client.connect(address.host, address.port, keepalive=30)
-    client.loop_start()
-    try:
-        assert connected.wait(WAIT), f"no CONNACK from {address}"
-        yield client, inbox
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def publish_retained(address: BrokerAddress, messages: dict[str, bytes]) -> None:
-    """Publish retained QoS 1 messages and wait until every one is acknowledged."""
-    with paho_client(address) as (client, _):
-        infos = [client.publish(t, p, qos=1, retain=True) for t, p in messages.items()]
-        for info in infos:
-            info.wait_for_publish(timeout=WAIT)
-            assert info.is_published()
-
-
-def read_retained(address: BrokerAddress, topic_filter: str, count: int) -> list[mqtt.MQTTMessage]:
-    """Subscribe with a fresh client at QoS 1 and return what arrives, up to ``count``."""
-    with paho_client(address) as (client, inbox):
-        client.subscribe(topic_filter, qos=1)
-        return inbox.wait_for(count, timeout=30)
-
-
-def wait_for_save_after(db_file: Path, since_ns: int) -> None:
-    """Wait (bounded) until mosquitto finished writing its database after ``since_ns``."""
-    deadline = time.monotonic() + WAIT
-    while not (db_file.exists() and db_file.stat().st_mtime_ns > since_ns):
-        assert time.monotonic() < deadline, f"{db_file} was not saved within {WAIT} s"
-        time.sleep(0.05)
 
 
 def test_config_runs_on_a_private_port_with_its_own_settings(
@@ -117,7 +37,7 @@ def test_retained_message_survives_a_restart(
     broker = mosquitto_factory(config_file=CONFIG)
     publish_retained(broker.address, {unique_topic: b"registered"})
     broker.restart()
-    [message] = read_retained(broker.address, unique_topic, 1)
+    [message] = read_retained(broker.address, unique_topic, 1, timeout=30)
     assert (message.payload, message.retain) == (b"registered", True)
 
 
@@ -131,7 +51,7 @@ def test_retained_message_survives_kill_9_after_an_autosave(
     wait_for_save_after(broker.data_dir / "mosquitto.db", acked)
     broker.kill()
     broker.start()
-    [message] = read_retained(broker.address, unique_topic, 1)
+    [message] = read_retained(broker.address, unique_topic, 1, timeout=30)
     assert message.payload == b"registered"
 
 
@@ -146,7 +66,7 @@ def test_large_retained_snapshot_is_delivered_whole(
     records = snapshot(unique_topic)
     publish_retained(broker.address, records)
 
-    received = read_retained(broker.address, f"{unique_topic}/#", SNAPSHOT_SIZE)
+    received = read_retained(broker.address, f"{unique_topic}/#", SNAPSHOT_SIZE, timeout=30)
 
     assert len(received) == SNAPSHOT_SIZE
     assert {m.topic: m.payload for m in received} == records

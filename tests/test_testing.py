@@ -14,14 +14,11 @@ import textwrap
 import threading
 import time
 import types
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from isa_common_mqtt import testing
 from isa_common_mqtt.testing import (
@@ -35,68 +32,7 @@ from isa_common_mqtt.testing import (
     parse_broker_address,
 )
 
-WAIT = 10.0  # upper bound for every wait on the broker
-
-# -- a raw paho client -------------------------------------------------------------------
-
-
-class Inbox:
-    """Collects the messages a client receives and wakes whoever waits for them."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.messages: list[mqtt.MQTTMessage] = []
-
-    def on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        with self._cond:
-            self.messages.append(message)
-            self._cond.notify_all()
-
-    def wait_for(self, count: int, timeout: float = WAIT) -> list[mqtt.MQTTMessage]:
-        """Wait until ``count`` messages arrived (or the timeout ran out); return them all."""
-        with self._cond:
-            self._cond.wait_for(lambda: len(self.messages) >= count, timeout)
-            return list(self.messages)
-
-
-@contextlib.contextmanager
-def paho_client(address: BrokerAddress) -> Iterator[tuple[mqtt.Client, Inbox]]:
-    """A connected paho-mqtt 2.x client with a network thread, and its inbox."""
-    inbox = Inbox()
-    connected = threading.Event()
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:16]}"
-    )
-
-    def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not reason.is_failure:
-            connected.set()
-
-    client.on_connect = on_connect
-    client.on_message = inbox.on_message
-    client.connect(address.host, address.port, keepalive=30)
-    client.loop_start()
-    try:
-        assert connected.wait(WAIT), f"no CONNACK from {address}"
-        yield client, inbox
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def publish_retained(address: BrokerAddress, topic: str, payload: bytes) -> None:
-    """Publish one retained QoS 1 message and wait for its PUBACK."""
-    with paho_client(address) as (client, _):
-        info = client.publish(topic, payload, qos=1, retain=True)
-        info.wait_for_publish(timeout=WAIT)
-        assert info.is_published()
-
-
-def read_retained(address: BrokerAddress, topic_filter: str, count: int) -> list[mqtt.MQTTMessage]:
-    """Subscribe with a fresh client at QoS 1 and return the first ``count`` messages."""
-    with paho_client(address) as (client, inbox):
-        client.subscribe(topic_filter, qos=1)
-        return inbox.wait_for(count)
+from .conftest import WAIT, paho_client, publish_retained, read_retained, wait_for_save_after
 
 
 def accepts_tcp(port: int) -> bool:
@@ -258,7 +194,7 @@ def test_private_broker_accepts_paho_and_keeps_retained_across_restart(
     assert broker.address == BrokerAddress("127.0.0.1", broker.port)
     port = broker.port
 
-    publish_retained(broker.address, unique_topic, b"kept")
+    publish_retained(broker.address, {unique_topic: b"kept"})
     broker.restart()
 
     assert broker.port == port
@@ -283,11 +219,11 @@ def test_without_persistence_nothing_survives_a_restart(
     mosquitto_factory: MosquittoFactory, unique_topic: str
 ) -> None:
     broker = mosquitto_factory(persistence=False)
-    publish_retained(broker.address, unique_topic, b"gone")
+    publish_retained(broker.address, {unique_topic: b"gone"})
     broker.restart()
     with paho_client(broker.address) as (client, inbox):
         client.subscribe(unique_topic, qos=1)
-        publish_retained(broker.address, f"{unique_topic}/marker", b"marker")
+        publish_retained(broker.address, {f"{unique_topic}/marker": b"marker"})
         client.subscribe(f"{unique_topic}/marker", qos=1)  # SUBACKs come back in order
         messages = inbox.wait_for(1)
     assert [m.topic for m in messages] == [f"{unique_topic}/marker"]
@@ -329,7 +265,7 @@ def test_kill_keeps_what_was_autosaved(
     mosquitto_factory: MosquittoFactory, unique_topic: str
 ) -> None:
     broker = mosquitto_factory()
-    publish_retained(broker.address, unique_topic, b"autosaved")
+    publish_retained(broker.address, {unique_topic: b"autosaved"})
     acked = time.time_ns()
     wait_for_save_after(broker.data_dir / "mosquitto.db", acked)
 
@@ -339,14 +275,6 @@ def test_kill_keeps_what_was_autosaved(
 
     [message] = read_retained(broker.address, unique_topic, 1)
     assert message.payload == b"autosaved"
-
-
-def wait_for_save_after(db_file: Path, since_ns: int) -> None:
-    """Wait (bounded) until mosquitto finished writing its database after ``since_ns``."""
-    deadline = time.monotonic() + WAIT
-    while not (db_file.exists() and db_file.stat().st_mtime_ns > since_ns):
-        assert time.monotonic() < deadline, f"{db_file} was not saved within {WAIT} s"
-        time.sleep(0.05)
 
 
 def test_config_file_is_moved_to_a_private_listener_and_data_dir(
@@ -368,7 +296,7 @@ def test_config_file_is_moved_to_a_private_listener_and_data_dir(
     assert not any("/nonexistent" in line for line in active)
     assert "max_queued_messages 4242" in text
 
-    publish_retained(broker.address, unique_topic, b"private")
+    publish_retained(broker.address, {unique_topic: b"private"})
     broker.restart()
     [message] = read_retained(broker.address, unique_topic, 1)
     assert message.payload == b"private"
@@ -390,7 +318,7 @@ def test_mqtt_broker_fixture_carries_messages(
     with paho_client(mqtt_broker) as (client, inbox):
         result, _ = client.subscribe(unique_topic, qos=1)
         assert result == mqtt.MQTT_ERR_SUCCESS
-        publish_retained(mqtt_broker, unique_topic, b"hello")
+        publish_retained(mqtt_broker, {unique_topic: b"hello"})
         [message] = inbox.wait_for(1)
     assert (message.topic, message.payload) == (unique_topic, b"hello")
 

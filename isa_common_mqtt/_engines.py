@@ -62,8 +62,6 @@ def accepts_tcp(host: str, port: int) -> bool:
 
 _ENGINE_START_TIMEOUT = 60.0  # a RabbitMQ node boots in ~10-20 s on a loaded 2-core machine
 
-_ENGINE_STOP_TIMEOUT = 30.0
-
 _EPMD_PATHS = ("/usr/lib/erlang/bin/epmd", "/usr/local/lib/erlang/bin/epmd")
 
 _RABBITMQ_PATHS = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/local/sbin/rabbitmq-server")
@@ -114,12 +112,13 @@ def _mqtt_handshake(host: str, port: int, timeout: float = 5.0) -> bool:
     return replies == [True]
 
 
-class _EngineProcess:
-    """What RabbitMQProcess and NatsProcess share: a private temp dir, one MQTT port on
-    loopback kept across restarts, a process group stopped cleanly or killed."""
+class EngineProcess:
+    """What every private broker shares (Mosquitto, RabbitMQ, NATS): a temp dir, one MQTT
+    port on loopback kept across restarts, a process group stopped cleanly or killed."""
 
     _name = "broker"
     _install_hint = ""
+    _stop_timeout = 30.0
 
     def __init__(self, *, executable: str | None, port: int | None, start_timeout: float,
                  extra_config: str) -> None:
@@ -202,10 +201,10 @@ class _EngineProcess:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=_ENGINE_STOP_TIMEOUT)
+                proc.wait(timeout=self._stop_timeout)
             except subprocess.TimeoutExpired:
                 logger.warning("%s did not stop within %.0f s; killing it", self._name,
-                               _ENGINE_STOP_TIMEOUT)
+                               self._stop_timeout)
         if proc is not None:
             self._kill_group(proc)
         self._after_stop()
@@ -294,10 +293,10 @@ class _EngineProcess:
         proc.wait()
 
 
-_Engine = TypeVar("_Engine", bound=_EngineProcess)
+_Engine = TypeVar("_Engine", bound=EngineProcess)
 
 
-class RabbitMQProcess(_EngineProcess):
+class RabbitMQProcess(EngineProcess):
     """A private RabbitMQ node with the MQTT plugin, on 127.0.0.1, in a temp dir.
 
     The node has its own name, cookie (``HOME`` is the temp dir), epmd (on a free port, so
@@ -390,7 +389,7 @@ class RabbitMQProcess(_EngineProcess):
             self._kill_group(epmd)
 
 
-class NatsProcess(_EngineProcess):
+class NatsProcess(EngineProcess):
     """A private ``nats-server`` with JetStream and its MQTT listener, on 127.0.0.1.
 
     Ports are chosen by the server itself (``-1``, read back from its log, so no other

@@ -15,16 +15,12 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import time
 import uuid
 import warnings
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Protocol
 
 import pytest
@@ -32,8 +28,8 @@ import pytest
 from ._engines import (
     LOG_TAIL_LINES,
     LOOPBACK,
-    PORT_ATTEMPTS,
     BrokerAddress,
+    EngineProcess,
     NatsProcess,
     RabbitMQProcess,
     accepts_tcp,
@@ -66,7 +62,6 @@ BROKER_ENV_VAR = "MQTT_TEST_BROKER"
 
 _MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 _START_TIMEOUT = 10.0
-_STOP_TIMEOUT = 10.0
 _CONTAINER_IMAGE = "eclipse-mosquitto:2"
 _CONTAINER_PORT = 1883
 _RUNNING = re.compile(r"mosquitto version \S+ running")
@@ -141,13 +136,16 @@ def _unix_docker_ping(path: str, timeout: float) -> bool:
     return reply.startswith(b"HTTP/1.") and b" 200 " in reply.split(b"\r\n", 1)[0]
 
 
-class MosquittoProcess:
+class MosquittoProcess(EngineProcess):
     """A private ``mosquitto`` on 127.0.0.1 with its own config, data and log in a temp dir.
 
     With ``config_file`` that file's settings are used unchanged except the listener (moved to
     the private port), ``persistence_location`` and ``log_dest file`` (into the temp dir),
     ``pid_file`` and ``user`` (dropped; ``user root`` when run as root).
     """
+
+    _name = "mosquitto"
+    _stop_timeout = 10.0
 
     def __init__(
         self,
@@ -162,43 +160,14 @@ class MosquittoProcess:
         found = executable or find_mosquitto()
         if found is None:
             raise RuntimeError(_NO_BROKER_HELP)
-        self._executable = found
         self._source = Path(config_file).read_text() if config_file is not None else None
         self._source_dir = Path(config_file).resolve().parent if config_file is not None else None
         if self._source is not None:
             # fail early on what we can't adapt
             _adapted_config(self._source, Path(), persistence, self._source_dir)
-        self._extra_config = extra_config
         self._persistence = persistence
-        self._port = port
-        self._start_timeout = start_timeout
-        self._dir = Path(tempfile.mkdtemp(prefix="isa-mosquitto-"))
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._closed = False
-
-    # -- where things are ---------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        """The address the broker listens on (always loopback)."""
-        return LOOPBACK
-
-    @property
-    def port(self) -> int:
-        """The private port; fixed at the first successful start and kept by restarts."""
-        if self._port is None:
-            raise RuntimeError("the broker has not been started yet")
-        return self._port
-
-    @property
-    def address(self) -> BrokerAddress:
-        """Host and port as a :class:`BrokerAddress`."""
-        return BrokerAddress(self.host, self.port)
-
-    @property
-    def running(self) -> bool:
-        """True while the broker process is alive."""
-        return self._proc is not None and self._proc.poll() is None
+        super().__init__(executable=found, port=port, start_timeout=start_timeout,
+                         extra_config=extra_config)
 
     @property
     def config_path(self) -> Path:
@@ -210,115 +179,42 @@ class MosquittoProcess:
         """The persistence directory (``persistence_location``)."""
         return self._dir / "data"
 
+    @property
+    def log_path(self) -> Path:
+        """Where mosquitto's own log goes (``log_dest file``)."""
+        return self._dir / "mosquitto.log"
+
     def log_text(self) -> str:
         """What the broker logged so far: its log file, then what it printed on stdout/stderr."""
-        parts = [p.read_text(errors="replace") for p in self._log_files() if p.exists()]
-        return "".join(parts)
+        return "".join(p.read_text(errors="replace") for p in (self.log_path, self.output_path)
+                       if p.exists())
 
-    def _log_files(self) -> tuple[Path, Path]:
-        return self._dir / "mosquitto.log", self._dir / "output.log"
-
-    # -- lifecycle ----------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the broker; wait (bounded) until it logs "running" and accepts TCP connections."""
-        if self._closed:
-            raise RuntimeError("this MosquittoProcess is closed")
-        if self.running:
-            return
-        if self._port is not None:
-            self._launch(self._port)
-            return
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            port = free_ports(1)[0]
-            try:
-                self._launch(port)
-            except RuntimeError as exc:
-                if attempt == PORT_ATTEMPTS or "Address already in use" not in str(exc):
-                    raise
-                logger.info("port %d was taken before mosquitto bound it; trying another", port)
-                continue
-            self._port = port
-            return
-
-    def stop(self) -> None:
-        """Stop with SIGTERM and wait, so mosquitto saves its persistence file."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            logger.warning("mosquitto did not stop within %.0f s; killing it", _STOP_TIMEOUT)
-            proc.kill()
-            proc.wait()
-
-    def kill(self) -> None:
-        """Kill with SIGKILL: nothing is saved beyond the last autosave."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-    def restart(self) -> None:
-        """Stop cleanly, then start again on the same port with the same data."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop the broker and remove its temp dir."""
-        self.stop()
-        self._closed = True
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> MosquittoProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"MosquittoProcess(port={self._port}, running={self.running}, dir={self._dir})"
-
-    # -- internals ----------------------------------------------------------------------
-
-    def _launch(self, port: int) -> None:
-        """Write the config for ``port``, run mosquitto and wait until it says it is running."""
+    def _launch(self) -> None:
+        """Write the config for the port (a free one before the first start), run mosquitto
+        and wait until it says it is running."""
+        port = self._port if self._port is not None else free_ports(1)[0]
         self.data_dir.mkdir(exist_ok=True)
         self.config_path.write_text(self._config_text(port))
-        log_file = self._log_files()[0]
-        log_start = log_file.stat().st_size if log_file.exists() else 0
-        with open(self._log_files()[1], "ab") as output:
-            proc = subprocess.Popen(
-                [self._executable, "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                cwd=self._dir,
-            )
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._spawn([self._executable, "-c", str(self.config_path)])
+        proc = self._proc
+        assert proc is not None
         deadline = time.monotonic() + self._start_timeout
         while proc.poll() is None:
             # The log line proves *our* process bound the port; a TCP connect alone could
             # reach whoever else holds it.
-            if _RUNNING.search(read_from(log_file, log_start)) and accepts_tcp(LOOPBACK, port):
-                self._proc = proc
-                logger.debug("mosquitto (pid %d) listening on %s:%d", proc.pid, LOOPBACK, port)
+            if _RUNNING.search(read_from(self.log_path, log_start)) \
+                    and accepts_tcp(LOOPBACK, port):
+                self._port = port
                 return
             if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
+                self.kill()
                 raise RuntimeError(self._failure(f"did not start on port {port} in time"))
             time.sleep(0.02)
+        self._proc = None
         raise RuntimeError(self._failure(f"exited with code {proc.returncode} on port {port}"))
 
-    def _failure(self, what: str) -> str:
+    def _failure(self, what: str, started_at: int = 0) -> str:
         tail = "\n".join(self.log_text().splitlines()[-LOG_TAIL_LINES:])
         return f"mosquitto {what}; config {self.config_path}; log tail:\n{tail}"
 
@@ -328,7 +224,7 @@ class MosquittoProcess:
         else:
             lines = _adapted_config(self._source, self._dir, self._persistence, self._source_dir)
         lines.insert(0, f"listener {port} {LOOPBACK}")
-        lines.append(f"log_dest file {self._log_files()[0]}")
+        lines.append(f"log_dest file {self.log_path}")
         if os.geteuid() == 0:
             # As root mosquitto drops to user "mosquitto", who cannot write our temp dir.
             lines.append("user root")

@@ -3,7 +3,7 @@
 A session owns a paho client, its outgoing queue and in-flight window, its
 subscriptions (restored after a reconnect without a session), and its counters.
 
-Threading: paho callbacks never take session locks; they append events to a deque,
+Threading: paho callbacks never take session locks; they append events to a list,
 and whoever called into paho (the network thread, or a user thread that published)
 runs the events afterwards under the session lock. That keeps one lock order
 (session lock, then paho's mutexes) and lets a publishing thread write its own packet.
@@ -16,7 +16,6 @@ import contextlib
 import functools
 import logging
 import random
-import select
 import socket
 import threading
 import time
@@ -30,7 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import _capabilities as capabilities_of
-from ._capabilities import PROBE_TOPIC, Capabilities, mqtt5_refusal
+from ._capabilities import Capabilities
 from ._dispatch import Dispatcher
 from ._errors import (
     AuthenticationError,
@@ -43,10 +42,11 @@ from ._errors import (
     SessionTakenOverError,
 )
 from ._io import NetworkLoop
+from ._opening import Opener, ProtocolRefused
 from ._options import ClientOptions
 from ._outbox import Outbox
 from ._paho import PahoClient
-from ._pending import MessageHandler, Outgoing, Request, Subscription, Will, passive_handler
+from ._pending import MessageHandler, Outgoing, Request, Subscription, Will
 from ._publisher import MAX_WINDOW, Publisher
 from ._subscriber import Subscriber
 from ._topics import FilterIndex
@@ -73,7 +73,7 @@ EndpointResolver = Callable[[], Sequence[Endpoint]]
 
 
 
-class Session(Publisher, Subscriber):
+class Session(Opener, Publisher, Subscriber):
     """One MQTT connection (see module docstring)."""
 
     __slots__ = (
@@ -219,39 +219,7 @@ class Session(Publisher, Subscriber):
         self.inbox_listener: Callable[[], None] | None = None
         """Called (network thread) after a message lands in the inbox; must not block."""
 
-    # == connecting ======================================================================
-    def open(self) -> None:
-        """Connect for the first time; raise a typed error naming host and port on failure."""
-        deadline = time.monotonic() + self.options.connect_timeout
-        last: BaseException | None = None
-        endpoints = list(self._resolver())
-        for host, port in endpoints:
-            protocols = self._protocols(host, port)
-            refusal: str | None = None
-            for protocol in protocols:
-                try:
-                    self._connect_once(host, port, protocol, deadline)
-                    if refusal is not None:  # only once 3.1.1 worked: else it says nothing
-                        self.capabilities.v5_refusal = refusal
-                    self._probe()
-                    return
-                except _ProtocolRefused as exc:
-                    if self.options.protocol == "5":
-                        raise self._diagnose_v5(host, port, deadline, exc) from exc
-                    last = exc
-                    refusal = exc.how
-                    continue
-                except (AuthenticationError, BrokerUnavailableError) as exc:
-                    last = exc
-                    if isinstance(exc, AuthenticationError):
-                        raise
-                    break
-        host, port = endpoints[-1] if endpoints else ("?", 0)
-        if isinstance(last, BrokerUnavailableError):
-            raise last
-        raise BrokerUnavailableError(f"cannot connect to the MQTT broker at {host}:{port}: {last}",
-                                     host=host, port=port)
-
+    # == connection state and reconnects (the first connect: _opening.Opener) ============
     @property
     def ready(self) -> bool:
         """Connected, with the subscriptions of before a reconnect restored (SUBACK seen)."""
@@ -267,67 +235,12 @@ class Session(Publisher, Subscriber):
             caps = capabilities_of.known[endpoint] = Capabilities()
         return caps
 
-    def _probe(self) -> None:
-        """Learn whether QoS 2 is granted, once per endpoint, where MQTT 5 did not say."""
-        caps = self.capabilities
-        if caps.qos2 is not None:
-            return
-        probe = f"{PROBE_TOPIC}/{self.client_id}"
-        try:
-            request = self.subscribe([Subscription(probe, 2, passive_handler)],
-                                     timeout=self.options.request_timeout)
-            caps.qos2 = request.codes == [2]
-            self.unsubscribe([probe], timeout=self.options.request_timeout)
-        except MQTTClientError as exc:  # e.g. an ACL that refuses the probe topic
-            logger.info("session %s: QoS 2 support unknown (%s)", self.client_id, exc)
-        if caps.qos2 is False and caps.v5_refusal is None and self.endpoint is not None:
-            # Connected with 3.1.1 as asked: how MQTT 5 is refused tells the brokers apart.
-            tls = self.options.tls.ssl_context() if self.options.tls else None
-            try:
-                caps.v5_refusal = mqtt5_refusal(*self.endpoint, self.options.connect_timeout,
-                                                tls)
-            except OSError as exc:
-                logger.info("session %s: MQTT 5 probe failed: %s", self.client_id, exc)
-        if caps.flavour != "mqtt":
-            logger.info("broker at %s:%d behaves like %s: QoS 2 %s", *(self.endpoint or ()),
-                        caps.flavour, "downgraded to 1" if self.options.downgrade_qos2
-                        else "refused")
-
     def check_topic(self, topic: str) -> None:
         """Refuse a topic this broker would mangle or drop the connection for."""
         problem = self.capabilities.topic_problem(topic)
         if problem is not None:
             raise InvalidTopicError(f"cannot use topic {self._strip(topic)!r} on this broker: "
                                     f"{problem}", topic=self._strip(topic))
-
-    def _diagnose_v5(self, host: str, port: int, deadline: float,
-                     refusal: _ProtocolRefused) -> MQTTClientError:
-        """MQTT 5 was asked for and the connection closed before CONNACK: if 3.1.1 works,
-        the broker refuses 5 (RabbitMQ does so by closing); else it is unreachable."""
-        try:
-            self._connect_once(host, port, paho.MQTTv311, deadline)
-        except MQTTClientError:
-            return BrokerUnavailableError(
-                f"the MQTT broker at {host}:{port} closed the connection before CONNACK "
-                "(a TLS port without tls=..., or a broker refusing this client)",
-                host=host, port=port)
-        client = self._client
-        self.closing = True  # this session ends here: no reconnect after the diagnosis
-        self.connected = False
-        if client is not None:
-            self._abandon(client)
-        self.capabilities.v5_refusal = refusal.how
-        return ProtocolNotSupportedError(
-            f"the MQTT broker at {host}:{port} refuses MQTT 5 (it closed the connection; "
-            "MQTT 3.1.1 works): use protocol='auto' or '3.1.1'", host=host, port=port)
-
-    def _protocols(self, host: str, port: int) -> list[int]:
-        if self.options.protocol == "5":
-            return [paho.MQTTv5]  # asked for explicitly: never fall back
-        if self.options.protocol == "3.1.1" or capabilities_of.known.get((host, port),
-                                                                 Capabilities()).v5_refusal:
-            return [paho.MQTTv311]
-        return [paho.MQTTv5, paho.MQTTv311]
 
     def _new_client(self, protocol: int) -> PahoClient:
         v5 = protocol == paho.MQTTv5
@@ -363,81 +276,6 @@ class Session(Publisher, Subscriber):
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = 0 if self.clean_session else SESSION_EXPIRY
         return {"clean_start": self.clean_session, "properties": properties}
-
-    def _connect_once(self, host: str, port: int, protocol: int, deadline: float) -> None:
-        self._send_connect(host, port, protocol, deadline)
-        self._await_connack(deadline)
-
-    def _send_connect(self, host: str, port: int, protocol: int, deadline: float) -> None:
-        """TCP connect and write CONNECT; the CONNACK is awaited by _await_connack."""
-        self.protocol = protocol
-        self.endpoint = (host, port)
-        self._awaiting_connack = True
-        self._connect_error = None
-        self._opening = True
-        client = self._client = self._new_client(protocol)
-        client.connect_timeout = max(deadline - time.monotonic(), 0.05)
-        self._loop.add_pollable(self)
-        try:
-            with self._connecting_io():
-                client.connect(host, port, self.keep_alive, **self._connect_args())
-        except OSError as exc:
-            self._opening = self._awaiting_connack = False
-            self._loop.remove_pollable(self)
-            raise BrokerUnavailableError(
-                f"cannot connect to the MQTT broker at {host}:{port}: {exc}; check that the "
-                "broker runs and that host and port are right", host=host, port=port) from exc
-        self._drain()
-
-    def _await_connack(self, deadline: float) -> None:
-        """Read the CONNACK on this (the caller's) thread, then hand the socket to the loop.
-
-        Reading it here spares a wake-up of the network thread per connect and, when many
-        sessions open at once, keeps the two threads from taking turns on the GIL.
-        """
-        client = self._client
-        assert client is not None
-        host, port = self.endpoint or ("?", 0)
-        try:
-            sock = client.socket()
-            poller = select.poll()
-            if sock is not None:
-                poller.register(sock, select.POLLIN)
-            while sock is not None and client.socket() is sock and self._awaiting_connack:
-                with self._io_lock:
-                    if client.want_write():  # CONNECT did not fit in the socket at once
-                        client.loop_write()
-                # Past the deadline, a CONNACK that already arrived still counts: with many
-                # sessions opening at once, it may have waited for us rather than we for it.
-                remaining = max(deadline - time.monotonic(), 0)
-                if not poller.poll(remaining * 1000):
-                    if remaining:
-                        continue
-                    break
-                with self._io_lock:
-                    self._read_all(client)
-                self._drain()
-        finally:
-            self._opening = False
-        if self._awaiting_connack:
-            self._awaiting_connack = False
-            self._abandon(client)
-            raise BrokerUnavailableError(
-                f"the MQTT broker at {host}:{port} did not answer CONNECT within "
-                f"{self.options.connect_timeout:g} s", host=host, port=port)
-        if self._connect_error is not None:
-            self._abandon(client)
-            raise self._connect_error
-        sock = client.socket()
-        if sock is not None:
-            self._loop.register(sock, self)
-            if client.want_write():
-                self._loop.want_write(sock)
-
-    def _abandon(self, client: PahoClient) -> None:
-        self._loop.remove_pollable(self)
-        with self._io_lock:
-            client._sock_close()  # no DISCONNECT: the connection never got going
 
     def _schedule_reconnect(self) -> None:
         delay = self._backoff * _JITTER.uniform(0.5, 1.0)  # jitter spreads reconnect storms
@@ -692,7 +530,7 @@ class Session(Publisher, Subscriber):
                 reason_code=code)
         if code in _PROTOCOL_REFUSED and self.protocol == paho.MQTTv5:
             if self.options.protocol == "auto":
-                return _ProtocolRefused(text, how="connack")
+                return ProtocolRefused(text, how="connack")
             return ProtocolNotSupportedError(
                 f"the MQTT broker at {host}:{port} refuses MQTT 5 ({text}); use "
                 "protocol='auto' or '3.1.1'", host=host, port=port)
@@ -709,7 +547,7 @@ class Session(Publisher, Subscriber):
             # Closed before CONNACK: some brokers refuse MQTT 5 so.
             refused_v5 = self.protocol == paho.MQTTv5
             host, port = self.endpoint or ("?", 0)
-            self._connect_error = (_ProtocolRefused("closed without CONNACK", how="closed")
+            self._connect_error = (ProtocolRefused("closed without CONNACK", how="closed")
                                    if refused_v5 else BrokerUnavailableError(
                                        f"the MQTT broker at {host}:{port} closed the "
                                        "connection before CONNACK (a TLS port without "
@@ -812,59 +650,3 @@ class Session(Publisher, Subscriber):
             self.closed = True
             self._fail_all(NotConnectedError(f"session {self.client_id!r} was disconnected"))
         self._dispatcher.wait_idle(self, min(max(deadline - time.monotonic(), 0.1), 2.0))
-
-
-def open_many(sessions: Sequence[Session]) -> list[MQTTClientError | None]:
-    """Open sessions with every CONNECT written before any CONNACK is awaited.
-
-    The first session opens alone: it finds the endpoint and protocol that work, and raises
-    BrokerUnavailableError as ``open()`` does when the broker cannot be reached (a session
-    refused for its own reasons, such as its credentials, hands that role to the next).
-    The others connect the same way, pipelined. Returns each session's error (None:
-    connected); when the broker stops accepting connections part-way, the sessions not yet
-    tried get that error too.
-    """
-    errors: list[MQTTClientError | None] = [None] * len(sessions)
-    start = 0
-    while start < len(sessions):
-        try:
-            sessions[start].open()
-            break
-        except BrokerUnavailableError:
-            raise
-        except MQTTClientError as exc:
-            errors[start] = exc
-            start += 1
-    else:
-        return errors
-    first = sessions[start]
-    host, port = first.endpoint or ("?", 0)
-    sent: list[tuple[int, Session, float]] = []
-    for index in range(start + 1, len(sessions)):
-        session = sessions[index]
-        deadline = time.monotonic() + session.options.connect_timeout
-        try:
-            session._send_connect(host, port, first.protocol, deadline)
-        except BrokerUnavailableError as exc:
-            errors[index:] = [exc] * (len(sessions) - index)
-            break
-        sent.append((index, session, deadline))
-    for index, session, deadline in sent:
-        try:
-            session._await_connack(deadline)
-        except _ProtocolRefused:  # the first one was not refused: try every way again
-            try:
-                session.open()
-            except MQTTClientError as exc:
-                errors[index] = exc
-        except MQTTClientError as exc:
-            errors[index] = exc
-    return errors
-
-
-class _ProtocolRefused(MQTTClientError):
-    """The broker refused MQTT 5; retry with 3.1.1."""
-
-    def __init__(self, message: str, *, how: str) -> None:
-        super().__init__(message)
-        self.how = how

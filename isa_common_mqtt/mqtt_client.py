@@ -26,12 +26,13 @@ from ._errors import (
     MQTTClientError,
     UnknownSessionError,
 )
+from ._opening import open_many
 from ._options import ClientOptions
 from ._organisation import Organisation
 from ._outbox import Outbox
 from ._pending import Subscription, Will
 from ._registry import Schema, check_path_part, iso
-from ._session import Session, open_many
+from ._session import Session
 from ._snapshot import MarkerChannel
 from ._topics import (
     DISCOURAGED,

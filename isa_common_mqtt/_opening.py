@@ -56,7 +56,6 @@ class Opener:
         _resolver: Callable[[], Sequence[tuple[str, int]]]
         _loop: NetworkLoop
         _io_lock: threading.Lock
-        _opening: bool
         _awaiting_connack: bool
         _connect_error: BaseException | None
 
@@ -172,7 +171,6 @@ class Opener:
         self.endpoint = (host, port)
         self._awaiting_connack = True
         self._connect_error = None
-        self._opening = True
         client = self._client = self._new_client(protocol)
         client.connect_timeout = max(deadline - time.monotonic(), 0.05)
         self._loop.add_pollable(self)
@@ -180,7 +178,7 @@ class Opener:
             with self._connecting_io():
                 client.connect(host, port, self.keep_alive, **self._connect_args())
         except OSError as exc:
-            self._opening = self._awaiting_connack = False
+            self._awaiting_connack = False
             self._loop.remove_pollable(self)
             raise BrokerUnavailableError(
                 f"cannot connect to the MQTT broker at {host}:{port}: {exc}; check that the "
@@ -215,8 +213,10 @@ class Opener:
                 with self._io_lock:
                     self._read_all(client)
                 self._drain()
-        finally:
-            self._opening = False
+        except BaseException:
+            self._awaiting_connack = False
+            self._abandon(client)
+            raise
         if self._awaiting_connack:
             self._awaiting_connack = False
             self._abandon(client)

@@ -95,7 +95,6 @@ class Session(Opener, Publisher, Subscriber):
         "_io_lock",
         "_lock",
         "_loop",
-        "_opening",
         "_outbox",
         "_outgoing",
         "_password",
@@ -162,8 +161,6 @@ class Session(Opener, Publisher, Subscriber):
         """Waited on for buffer room and acknowledgements; created by the first waiter."""
         self._io_lock = threading.Lock()  # paho's loop_* calls; never held while waiting
         self._connecting = False
-        self._opening = False
-        """The caller of open() reads the CONNACK itself; the loop gets the socket after."""
         self._events: list[Callable[[], None]] = []
         """What paho reported, to run under the session lock (a list: an empty deque costs
         ten times the memory, and idle sessions are many)."""
@@ -180,7 +177,8 @@ class Session(Opener, Publisher, Subscriber):
         self.closed = False
         self.stopped_reason: MQTTClientError | None = None
         self._awaiting_connack = False
-        """CONNECT sent by open(); cleared by the CONNACK or a close before it."""
+        """CONNECT sent by open(); cleared by the CONNACK or a close before it. Meanwhile
+        the caller of open() reads the socket itself; the loop gets it afterwards."""
         self._connect_error: BaseException | None = None
         self._ever_connected = False
         self._backoff = options.reconnect_min_delay
@@ -346,7 +344,7 @@ class Session(Opener, Publisher, Subscriber):
         # a socket that is not TCP (unix, websocket wrapper) has no such option.
         with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if not self._opening:
+        if not self._awaiting_connack:
             self._loop.register(sock, self)
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -428,7 +426,7 @@ class Session(Opener, Publisher, Subscriber):
         now = time.monotonic()
         if self._outbox is not None:
             self._outbox.flush()
-        if self._connecting or self._opening or client.socket() is None:
+        if self._connecting or self._awaiting_connack or client.socket() is None:
             return check_every
         silent = now - client.last_recv
         if self.connected and silent > 1.5 * keep_alive:

@@ -36,12 +36,15 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from isa_common_mqtt._engines import LOOPBACK, free_ports
+
+if TYPE_CHECKING:
+    from isa_common_mqtt import MQTTClient
 
 from ._common import (
     REPO_ROOT,
@@ -98,32 +101,32 @@ def _count_connected(clients: list[paho.Client]) -> Callable[[], int]:
 
 
 def _ours(host: str, port: int, n: int, deadline: float) -> Started:
-    from isa_common_mqtt import MQTTClient
-
-    client = MQTTClient(host, port, protocol="3.1.1", track_in_registry=False)
+    client = _our_client(host, port)
     tag = uuid.uuid4().hex[:6]
     sids = []
     for i in range(n):
         if time.monotonic() > deadline:
             break
         sids.append(client.connect(f"bench-s-{tag}-{i}")["session_id"])
-
-    def connected() -> int:
-        return sum(1 for s in sids if client.get_connection_status(s)["connected"])
-
-    return connected, client.close, time.perf_counter
+    return _our_started(client, sids)
 
 
 def _ours_many(host: str, port: int, n: int, deadline: float) -> Started:
-    from isa_common_mqtt import MQTTClient
-
-    client = MQTTClient(host, port, protocol="3.1.1", track_in_registry=False)
+    client = _our_client(host, port)
     tag = uuid.uuid4().hex[:6]
     result = client.connect_many(f"bench-m-{tag}-{i}" for i in range(n))
-    sids = [s["session_id"] for s in result["sessions"]]
     for error in result["errors"][:3]:
         print(f"connect_many: {error}", file=sys.stderr)
+    return _our_started(client, [s["session_id"] for s in result["sessions"]])
 
+
+def _our_client(host: str, port: int) -> MQTTClient:
+    from isa_common_mqtt import MQTTClient
+
+    return MQTTClient(host, port, protocol="3.1.1", track_in_registry=False)
+
+
+def _our_started(client: MQTTClient, sids: list[str]) -> Started:
     def connected() -> int:
         return sum(1 for s in sids if client.get_connection_status(s)["connected"])
 
@@ -239,7 +242,8 @@ def worker(kind: str, host: str, port: int, n: int, budget: float) -> None:
     start_kind = {"ours": _ours, "ours-many": _ours_many, "paho-threads": _paho_threads,
                   "paho-selector": _paho_selector}[kind]
     if kind.startswith("ours"):
-        import isa_common_mqtt  # noqa: F401  (imports are not per-session memory)
+        # Load the client's modules now: imports are not per-session memory.
+        from isa_common_mqtt import MQTTClient  # noqa: F401
     gc.collect()
     rss0 = proc_status("VmRSS")
     t0 = time.perf_counter()

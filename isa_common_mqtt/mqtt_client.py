@@ -7,6 +7,7 @@ their results into the dictionaries the guide documents. It holds no protocol lo
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import threading
 import time
@@ -271,10 +272,13 @@ class MQTTClient:
         for index, item in enumerate(sessions):
             kwargs = {"client_id": item} if isinstance(item, str) else item
             try:
-                if not isinstance(kwargs, Mapping):
+                if not isinstance(kwargs, Mapping) or "client_id" not in kwargs:
                     raise InvalidArgumentError(
-                        f"a session must be a client_id or a dict of connect() arguments, "
-                        f"not {item!r}")
+                        f"a session must be a client_id or a dict of connect() arguments "
+                        f"with a client_id, not {item!r}")
+                unknown = sorted(set(kwargs) - _CONNECT_ARGUMENTS)
+                if unknown:
+                    raise InvalidArgumentError(f"connect() takes no arguments {unknown}")
                 session, device_id = self._prepare(**kwargs)
                 if session.client_id in seen:
                     raise InvalidArgumentError(
@@ -282,7 +286,7 @@ class MQTTClient:
                         "close the first connection when the second one arrives")
                 seen.add(session.client_id)
                 prepared.append((index, session, device_id))
-            except (InvalidArgumentError, DeviceNotFoundError, TypeError) as exc:
+            except (InvalidArgumentError, DeviceNotFoundError) as exc:
                 errors.append({"index": index, "client_id": kwargs.get("client_id")
                                if isinstance(kwargs, Mapping) else None, "error": str(exc)})
         failures = open_many([session for _, session, _ in prepared])
@@ -349,8 +353,12 @@ class MQTTClient:
                     self.disconnect(result["session_id"])
                 raise
             registry.sessions_changed()
+
+            def on_state(_session: Session) -> None:
+                registry.sessions_changed()
+
             for session, _ in tracked:
-                session.on_state = lambda _s: registry.sessions_changed()
+                session.on_state = on_state
         return results
 
     def disconnect(self, session_id: str) -> dict[str, Any]:
@@ -586,3 +594,7 @@ class MQTTClient:
     def get_statistics(self) -> dict[str, Any]:
         """Organisation figures from the registry; broker figures from $SYS under 'broker'."""
         return self._reg().statistics()
+
+
+_CONNECT_ARGUMENTS = frozenset(inspect.signature(MQTTClient.connect).parameters) - {"self"}
+"""What an item of connect_many() may hold: the arguments of connect()."""
